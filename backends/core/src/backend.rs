@@ -1,0 +1,44 @@
+use crate::{DataType, Tensor};
+
+/// A named input or output: what a model accepts or produces.
+///
+/// `shape` uses -1 for a dimension the model leaves free (the batch dimension
+/// of a batchable model, or a variable sequence length).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: DataType,
+    pub shape: Vec<i64>,
+}
+
+/// The inputs and outputs of a loaded model, in the order [`Backend::run`] uses.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Signature {
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// Errors a backend reports. The message is shown to clients as is, so it says
+/// what the backend said without internal detail the client cannot act on.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("failed to load model: {0}")]
+    Load(String),
+    #[error("model signature: {0}")]
+    Signature(String),
+    #[error("inference failed: {0}")]
+    Run(String),
+}
+
+/// One loaded session of a model on one device.
+///
+/// The scheduler owns one `Backend` per instance worker thread and calls it
+/// with whole batches; a backend never sees requests, queues or clients.
+pub trait Backend: Send {
+    /// The signature as the model itself reports it.
+    fn signature(&self) -> &Signature;
+
+    /// Runs one batch. `inputs` follow `signature().inputs` in order; the
+    /// result follows `signature().outputs` in order.
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError>;
+}

@@ -1,0 +1,13 @@
+//! The contract between ferroserve's scheduler and its backends.
+//!
+//! The scheduler knows nothing about ONNX Runtime, OpenCL or Python: it batches
+//! [`Tensor`]s and hands them to a [`Backend`]. Keeping this crate tiny is what
+//! lets a backend be added without touching the request path.
+
+mod backend;
+mod dtype;
+mod tensor;
+
+pub use backend::{Backend, BackendError, Signature, TensorSpec};
+pub use dtype::DataType;
+pub use tensor::{Tensor, TensorError};

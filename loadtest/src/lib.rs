@@ -1,0 +1,51 @@
+//! Load generation against Open Inference Protocol servers (or any HTTP/1.1
+//! server).
+//!
+//! Two ways to offer load, because they answer different questions:
+//!
+//! - [`ClosedLoop`]: N connections, each sending its next request as soon as
+//!   the previous answer arrives. It finds the peak throughput, but a slow
+//!   server slows the client down with it, so its latencies flatter a server
+//!   under stress.
+//! - [`OpenLoop`]: requests arrive at a fixed rate whatever the server does,
+//!   and each latency is measured from the moment the request *should* have
+//!   been sent. A stalled server therefore shows up as the long tail it causes
+//!   real users (no coordinated omission).
+//!
+//! Requests are prepared once ([`RequestSpec`]) so the generator spends its
+//! CPU on sending, not on encoding: on a small machine it shares the cores
+//! with the server it measures.
+
+mod closed_loop;
+mod connection;
+mod error;
+mod open_loop;
+mod recorder;
+mod report;
+mod request;
+mod worker;
+
+#[cfg(test)]
+mod test_server;
+
+pub use closed_loop::ClosedLoop;
+pub use connection::{Answer, Connection};
+pub use error::{ErrorKind, LoadError, RequestError};
+pub use open_loop::OpenLoop;
+pub use report::{Latencies, Report};
+pub use request::RequestSpec;
+
+use std::time::Duration;
+
+/// When a run ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Measure for this long after the warm-up.
+    Duration(Duration),
+    /// Send exactly this many measured requests after the warm-up.
+    Requests(u64),
+}
+
+/// How long one request may take before it is abandoned and counted as a
+/// timeout; without a bound a hung server would hang the load test too.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,0 +1,415 @@
+//! Open Inference Protocol request and response bodies: JSON tensors and the
+//! binary tensor data extension (`Inference-Header-Content-Length`).
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use ferroserve_backend_core::{DataType, Signature, Tensor};
+use serde::de::DeserializeSeed;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::json_data::{FlatData, Flatten, Sink};
+use crate::infer::InferError;
+
+#[derive(Deserialize)]
+struct RequestHeader<'a> {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    #[serde(borrow)]
+    inputs: Vec<InputHeader<'a>>,
+    #[serde(default)]
+    outputs: Option<Vec<OutputHeader>>,
+}
+
+#[derive(Deserialize)]
+struct InputHeader<'a> {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct OutputHeader {
+    name: String,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+}
+
+/// An output the client asked for, and in which form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestedOutput {
+    pub name: String,
+    pub binary: bool,
+}
+
+/// A decoded inference request, before validation against the model.
+#[derive(Debug)]
+pub struct InferRequest {
+    pub id: Option<String>,
+    pub inputs: Vec<(String, Tensor)>,
+    /// `None`: every output, binary if `binary_data_output` was set.
+    pub outputs: Option<Vec<RequestedOutput>>,
+    pub binary_data_output: bool,
+    /// Custom parameters, echoed back in the response.
+    pub parameters: Option<Map<String, Value>>,
+    /// Triton's `timeout` parameter (microseconds).
+    pub timeout: Option<Duration>,
+}
+
+fn invalid(msg: String) -> InferError {
+    InferError::InvalidInput(msg)
+}
+
+/// Decodes a request body. `header_len` is the `Inference-Header-Content-Length`
+/// value when the client used the binary extension; binary tensors become
+/// slices of `body`, not copies.
+pub fn decode_request(body: Bytes, header_len: Option<usize>) -> Result<InferRequest, InferError> {
+    let json_len = match header_len {
+        Some(n) if n > body.len() => {
+            return Err(invalid(format!(
+                "Inference-Header-Content-Length is {n} but the body has only {} bytes",
+                body.len()
+            )))
+        }
+        Some(n) => n,
+        None => body.len(),
+    };
+    let header: RequestHeader = serde_json::from_slice(&body[..json_len])
+        .map_err(|e| invalid(format!("malformed request JSON: {e}")))?;
+    let mut binary = body.slice(json_len..);
+    let mut inputs = Vec::with_capacity(header.inputs.len());
+    for input in &header.inputs {
+        let ctx = |m: String| invalid(format!("input {:?}: {m}", input.name));
+        let dtype: DataType = input.datatype.parse().map_err(|e| ctx(format!("{e}")))?;
+        if let Some(d) = input.shape.iter().find(|&&d| d < 0) {
+            return Err(ctx(format!(
+                "shape {:?} has negative dimension {d}",
+                input.shape
+            )));
+        }
+        let count = input
+            .shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
+            .ok_or_else(|| ctx(format!("shape {:?} is too large", input.shape)))?;
+        let binary_size = match input
+            .parameters
+            .as_ref()
+            .and_then(|p| p.get("binary_data_size"))
+        {
+            None => None,
+            Some(v) => Some(v.as_u64().ok_or_else(|| {
+                ctx(format!(
+                    "parameters.binary_data_size must be a non-negative integer, received {v}"
+                ))
+            })? as usize),
+        };
+        let data = match (binary_size, input.data) {
+            (Some(_), Some(_)) => {
+                return Err(ctx(
+                    "has both \"data\" and binary_data_size; expected one".into()
+                ))
+            }
+            (None, None) => {
+                return Err(ctx(
+                    "has no \"data\" and no binary_data_size parameter".into()
+                ))
+            }
+            (Some(size), None) => {
+                if header_len.is_none() {
+                    return Err(ctx(format!(
+                        "binary_data_size is {size} but the request has no Inference-Header-Content-Length header"
+                    )));
+                }
+                if size > binary.len() {
+                    return Err(ctx(format!(
+                        "binary_data_size is {size} but only {} bytes of binary data remain in the body",
+                        binary.len()
+                    )));
+                }
+                binary.split_to(size)
+            }
+            (None, Some(raw)) => {
+                let hint = count
+                    .saturating_mul(dtype.element_size().unwrap_or(8))
+                    .min(64 << 20);
+                let mut sink = Sink::new(dtype, hint);
+                let mut de = serde_json::Deserializer::from_str(raw.get());
+                Flatten(&mut sink)
+                    .deserialize(&mut de)
+                    .map_err(|e| ctx(format!("data: {e}")))?;
+                if sink.count != count {
+                    return Err(ctx(format!(
+                        "shape {:?} needs {count} elements, received {} in data",
+                        input.shape, sink.count
+                    )));
+                }
+                Bytes::from(sink.buf)
+            }
+        };
+        let tensor =
+            Tensor::new(dtype, input.shape.clone(), data).map_err(|e| ctx(format!("{e}")))?;
+        inputs.push((input.name.clone(), tensor));
+    }
+    if !binary.is_empty() {
+        return Err(invalid(format!(
+            "{} bytes of binary data follow the JSON header but no input's binary_data_size accounts for them",
+            binary.len()
+        )));
+    }
+    let flag = |p: &Option<Map<String, Value>>, key: &str| {
+        p.as_ref().and_then(|p| p.get(key)).and_then(Value::as_bool)
+    };
+    let binary_data_output = flag(&header.parameters, "binary_data_output").unwrap_or(false);
+    let timeout = match header.parameters.as_ref().and_then(|p| p.get("timeout")) {
+        None => None,
+        Some(v) => Some(Duration::from_micros(v.as_u64().ok_or_else(|| {
+            invalid(format!(
+                "parameters.timeout must be a whole number of microseconds, received {v}"
+            ))
+        })?)),
+    };
+    let outputs = match header.outputs {
+        None => None,
+        Some(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for o in list {
+                if o.parameters
+                    .as_ref()
+                    .is_some_and(|p| p.contains_key("classification"))
+                {
+                    return Err(invalid(format!(
+                        "output {:?}: the classification extension is not supported by this server",
+                        o.name
+                    )));
+                }
+                let binary = flag(&o.parameters, "binary_data").unwrap_or(binary_data_output);
+                out.push(RequestedOutput {
+                    name: o.name,
+                    binary,
+                });
+            }
+            Some(out)
+        }
+    };
+    Ok(InferRequest {
+        id: header.id,
+        inputs,
+        outputs,
+        binary_data_output,
+        parameters: header.parameters,
+        timeout,
+    })
+}
+
+/// Resolves the requested outputs to indexes into the model's outputs.
+pub fn select_outputs(
+    signature: &Signature,
+    requested: &Option<Vec<RequestedOutput>>,
+    binary_default: bool,
+) -> Result<Vec<(usize, bool)>, InferError> {
+    match requested {
+        None => Ok((0..signature.outputs.len())
+            .map(|i| (i, binary_default))
+            .collect()),
+        Some(list) => list
+            .iter()
+            .map(|r| {
+                signature
+                    .outputs
+                    .iter()
+                    .position(|s| s.name == r.name)
+                    .map(|i| (i, r.binary))
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "unknown output {:?}: the model's outputs are {:?}",
+                            r.name,
+                            signature
+                                .outputs
+                                .iter()
+                                .map(|s| s.name.as_str())
+                                .collect::<Vec<_>>()
+                        ))
+                    })
+            })
+            .collect(),
+    }
+}
+
+#[derive(Serialize)]
+struct ResponseHeader<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<&'a Map<String, Value>>,
+    outputs: Vec<OutputJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct OutputJson<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [i64],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinaryParams>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<FlatData<'a>>,
+}
+
+#[derive(Serialize)]
+struct BinaryParams {
+    binary_data_size: usize,
+}
+
+/// An encoded response body; `header_len` is set when binary outputs follow
+/// the JSON header.
+pub struct EncodedResponse {
+    pub body: Bytes,
+    pub header_len: Option<usize>,
+}
+
+pub struct ResponseParts<'a> {
+    pub model_name: &'a str,
+    pub model_version: &'a str,
+    pub id: Option<&'a str>,
+    pub parameters: Option<&'a Map<String, Value>>,
+    pub signature: &'a Signature,
+    pub outputs: &'a [Tensor],
+    pub selected: &'a [(usize, bool)],
+}
+
+pub fn encode_response(p: ResponseParts<'_>) -> EncodedResponse {
+    let mut binary_len = 0usize;
+    let outputs: Vec<OutputJson> = p
+        .selected
+        .iter()
+        .map(|&(i, binary)| {
+            let t = &p.outputs[i];
+            let spec = &p.signature.outputs[i];
+            if binary {
+                binary_len += t.data.len();
+            }
+            OutputJson {
+                name: &spec.name,
+                datatype: t.dtype.as_str(),
+                shape: &t.shape,
+                parameters: binary.then_some(BinaryParams {
+                    binary_data_size: t.data.len(),
+                }),
+                data: (!binary).then_some(FlatData(t)),
+            }
+        })
+        .collect();
+    let header = ResponseHeader {
+        model_name: p.model_name,
+        model_version: p.model_version,
+        id: p.id,
+        parameters: p.parameters,
+        outputs,
+    };
+    let json = serde_json::to_vec(&header).expect("response header serializes");
+    if binary_len == 0 {
+        return EncodedResponse {
+            body: Bytes::from(json),
+            header_len: None,
+        };
+    }
+    let header_len = json.len();
+    let mut body = BytesMut::with_capacity(header_len + binary_len);
+    body.extend_from_slice(&json);
+    for &(i, binary) in p.selected {
+        if binary {
+            body.extend_from_slice(&p.outputs[i].data);
+        }
+    }
+    EncodedResponse {
+        body: body.freeze(),
+        header_len: Some(header_len),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(r: Result<InferRequest, InferError>) -> String {
+        match r {
+            Err(InferError::InvalidInput(m)) => m,
+            other => panic!("expected invalid input, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn json_request_decodes() {
+        let body = br#"{"id":"r1","parameters":{"x":1},"inputs":[{"name":"a","shape":[2,2],"datatype":"INT32","data":[[1,2],[3,4]]}],"outputs":[{"name":"o","parameters":{"binary_data":true}}]}"#;
+        let r = decode_request(Bytes::from_static(body), None).unwrap();
+        assert_eq!(r.id.as_deref(), Some("r1"));
+        assert_eq!(r.inputs[0].1.shape, vec![2, 2]);
+        assert_eq!(r.inputs[0].1.data.len(), 16);
+        assert_eq!(
+            r.outputs.unwrap()[0],
+            RequestedOutput {
+                name: "o".into(),
+                binary: true
+            }
+        );
+    }
+
+    #[test]
+    fn binary_tensors_are_slices_of_the_body() {
+        let header = br#"{"inputs":[{"name":"a","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
+        let mut body = header.to_vec();
+        body.extend_from_slice(&1.5f32.to_le_bytes());
+        body.extend_from_slice(&2.5f32.to_le_bytes());
+        let body = Bytes::from(body);
+        let r = decode_request(body.clone(), Some(header.len())).unwrap();
+        let data = &r.inputs[0].1.data;
+        assert_eq!(data.as_ptr(), body[header.len()..].as_ptr(), "no copy");
+    }
+
+    #[test]
+    fn bad_requests_name_the_problem() {
+        let m = msg(decode_request(Bytes::from_static(b"{not json"), None));
+        assert!(m.starts_with("malformed request JSON"), "{m}");
+        let m = msg(decode_request(
+            Bytes::from_static(
+                br#"{"inputs":[{"name":"a","shape":[3],"datatype":"FP32","data":[1,2]}]}"#,
+            ),
+            None,
+        ));
+        assert!(
+            m.contains("\"a\"") && m.contains("needs 3 elements, received 2"),
+            "{m}"
+        );
+        let m = msg(decode_request(
+            Bytes::from_static(
+                br#"{"inputs":[{"name":"a","shape":[1],"datatype":"FLOAT","data":[1]}]}"#,
+            ),
+            None,
+        ));
+        assert!(m.contains("\"FLOAT\""), "{m}");
+        let header = br#"{"inputs":[{"name":"a","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
+        let mut body = header.to_vec();
+        body.extend_from_slice(&[0u8; 4]);
+        let m = msg(decode_request(
+            Bytes::from(body.clone()),
+            Some(header.len()),
+        ));
+        assert!(m.contains("binary_data_size is 8 but only 4 bytes"), "{m}");
+        let m = msg(decode_request(Bytes::from(body), Some(10_000)));
+        assert!(
+            m.contains("Inference-Header-Content-Length is 10000"),
+            "{m}"
+        );
+    }
+}

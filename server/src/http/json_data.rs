@@ -1,0 +1,259 @@
+//! The `data` arrays of JSON tensors, read straight into little-endian bytes
+//! (no intermediate `serde_json::Value` tree) and written back out.
+
+use std::fmt;
+
+use ferroserve_backend_core::{DataType, Tensor};
+use half::f16;
+use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
+use serde::ser::{Serialize, SerializeSeq, Serializer};
+
+/// Collects the elements of a (possibly nested) JSON array as one dtype.
+#[derive(Debug)]
+pub struct Sink {
+    pub dtype: DataType,
+    pub buf: Vec<u8>,
+    pub count: usize,
+}
+
+impl Sink {
+    pub fn new(dtype: DataType, capacity_hint: usize) -> Sink {
+        Sink {
+            dtype,
+            buf: Vec::with_capacity(capacity_hint),
+            count: 0,
+        }
+    }
+
+    fn wrong<E: de::Error>(&self, got: impl fmt::Display) -> E {
+        let want = match self.dtype {
+            DataType::Bool => "a boolean",
+            DataType::Bytes => "a string",
+            DataType::Fp16 | DataType::Fp32 | DataType::Fp64 => "a number",
+            _ => "an integer",
+        };
+        E::custom(format_args!(
+            "element {}: expected {want} for {}, received {got}",
+            self.count, self.dtype
+        ))
+    }
+
+    fn int<E: de::Error, T: TryFrom<i128> + Copy>(
+        &mut self,
+        v: i128,
+        le: impl Fn(T) -> Vec<u8>,
+    ) -> Result<(), E> {
+        let Ok(x) = T::try_from(v) else {
+            return Err(E::custom(format_args!(
+                "element {}: {v} is out of range for {}",
+                self.count, self.dtype
+            )));
+        };
+        self.buf.extend_from_slice(&le(x));
+        Ok(())
+    }
+
+    fn push_int<E: de::Error>(&mut self, v: i128) -> Result<(), E> {
+        match self.dtype {
+            DataType::Uint8 => self.int::<E, u8>(v, |x| x.to_le_bytes().to_vec())?,
+            DataType::Uint16 => self.int::<E, u16>(v, |x| x.to_le_bytes().to_vec())?,
+            DataType::Uint32 => self.int::<E, u32>(v, |x| x.to_le_bytes().to_vec())?,
+            DataType::Uint64 => self.int::<E, u64>(v, |x| x.to_le_bytes().to_vec())?,
+            DataType::Int8 => self.int::<E, i8>(v, |x| x.to_le_bytes().to_vec())?,
+            DataType::Int16 => self.int::<E, i16>(v, |x| x.to_le_bytes().to_vec())?,
+            DataType::Int32 => self.int::<E, i32>(v, |x| x.to_le_bytes().to_vec())?,
+            DataType::Int64 => self.int::<E, i64>(v, |x| x.to_le_bytes().to_vec())?,
+            DataType::Fp16 | DataType::Fp32 | DataType::Fp64 => return self.push_float(v as f64),
+            DataType::Bool | DataType::Bytes => return Err(self.wrong(v)),
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    fn push_float<E: de::Error>(&mut self, v: f64) -> Result<(), E> {
+        match self.dtype {
+            DataType::Fp16 => self.buf.extend_from_slice(&f16::from_f64(v).to_le_bytes()),
+            DataType::Fp32 => self.buf.extend_from_slice(&(v as f32).to_le_bytes()),
+            DataType::Fp64 => self.buf.extend_from_slice(&v.to_le_bytes()),
+            _ => return Err(self.wrong(v)),
+        }
+        self.count += 1;
+        Ok(())
+    }
+}
+
+/// Deserializes one JSON value (array or scalar) into the sink.
+pub struct Flatten<'s>(pub &'s mut Sink);
+
+impl<'de> DeserializeSeed<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "an array of {} values", self.0.dtype)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Flatten(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        if self.0.dtype != DataType::Bool {
+            return Err(self.0.wrong(v));
+        }
+        self.0.buf.push(v as u8);
+        self.0.count += 1;
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.0.push_int(v as i128)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.0.push_int(v as i128)
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.0.push_float(v)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        if self.0.dtype != DataType::Bytes {
+            return Err(self.0.wrong(format_args!("{v:?}")));
+        }
+        self.0
+            .buf
+            .extend_from_slice(&(v.len() as u32).to_le_bytes());
+        self.0.buf.extend_from_slice(v.as_bytes());
+        self.0.count += 1;
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(self.0.wrong("null"))
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, _map: A) -> Result<(), A::Error> {
+        Err(self.0.wrong("an object"))
+    }
+}
+
+/// Serializes a tensor's elements as a flat JSON array, as the protocol's
+/// responses carry them.
+pub struct FlatData<'a>(pub &'a Tensor);
+
+impl Serialize for FlatData<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let t = self.0;
+        let mut seq = s.serialize_seq(Some(t.element_count()))?;
+        macro_rules! each {
+            ($ty:ty, $n:expr) => {
+                for c in t.data.chunks_exact($n) {
+                    seq.serialize_element(&<$ty>::from_le_bytes(
+                        c.try_into().expect("chunk size"),
+                    ))?;
+                }
+            };
+        }
+        match t.dtype {
+            DataType::Bool => {
+                for &b in t.data.iter() {
+                    seq.serialize_element(&(b != 0))?;
+                }
+            }
+            DataType::Uint8 => each!(u8, 1),
+            DataType::Uint16 => each!(u16, 2),
+            DataType::Uint32 => each!(u32, 4),
+            DataType::Uint64 => each!(u64, 8),
+            DataType::Int8 => each!(i8, 1),
+            DataType::Int16 => each!(i16, 2),
+            DataType::Int32 => each!(i32, 4),
+            DataType::Int64 => each!(i64, 8),
+            DataType::Fp16 => {
+                for c in t.data.chunks_exact(2) {
+                    seq.serialize_element(&f16::from_le_bytes([c[0], c[1]]).to_f32())?;
+                }
+            }
+            DataType::Fp32 => each!(f32, 4),
+            DataType::Fp64 => each!(f64, 8),
+            DataType::Bytes => {
+                for s in t.string_elements() {
+                    seq.serialize_element(&String::from_utf8_lossy(s))?;
+                }
+            }
+        }
+        seq.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(dtype: DataType, json: &str) -> Result<Sink, String> {
+        let mut sink = Sink::new(dtype, 0);
+        let mut de = serde_json::Deserializer::from_str(json);
+        Flatten(&mut sink)
+            .deserialize(&mut de)
+            .map_err(|e| e.to_string())?;
+        Ok(sink)
+    }
+
+    #[test]
+    fn nested_arrays_flatten_in_row_major_order() {
+        let s = parse(DataType::Int32, "[[1, 2], [3, -4]]").unwrap();
+        assert_eq!(s.count, 4);
+        let v: Vec<i32> = s
+            .buf
+            .chunks(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(v, vec![1, 2, 3, -4]);
+    }
+
+    #[test]
+    fn wrong_element_types_are_named() {
+        let e = parse(DataType::Uint8, "[1, 300]").unwrap_err();
+        assert!(
+            e.contains("element 1") && e.contains("300") && e.contains("UINT8"),
+            "{e}"
+        );
+        let e = parse(DataType::Int64, "[1.5]").unwrap_err();
+        assert!(
+            e.contains("expected an integer for INT64, received 1.5"),
+            "{e}"
+        );
+        let e = parse(DataType::Fp32, "[\"a\"]").unwrap_err();
+        assert!(e.contains("received \"a\""), "{e}");
+        let e = parse(DataType::Bool, "[1]").unwrap_err();
+        assert!(e.contains("expected a boolean"), "{e}");
+    }
+
+    #[test]
+    fn output_round_trips_through_json() {
+        for (dtype, json) in [
+            (DataType::Fp16, "[0.5,-2.0]"),
+            (DataType::Fp64, "[0.1,1e+300]"),
+            (DataType::Bool, "[true,false]"),
+            (DataType::Uint64, "[18446744073709551615,0]"),
+            (DataType::Bytes, "[\"héllo\",\"\"]"),
+        ] {
+            let s = parse(dtype, json).unwrap();
+            let t = Tensor::new(dtype, vec![2], bytes::Bytes::from(s.buf)).unwrap();
+            assert_eq!(
+                serde_json::to_string(&FlatData(&t)).unwrap(),
+                json,
+                "{dtype}"
+            );
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! Routing and the handlers of the Open Inference Protocol's HTTP surface.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use super::codec::{self, ResponseParts};
+use super::reply::{self, Body};
+use super::AppState;
+use crate::infer::InferError;
+use crate::model::Model;
+
+/// The extensions of the protocol this server implements, as listed by `/v2`.
+pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "parameters"];
+
+const HEADER_LENGTH: &str = "inference-header-content-length";
+
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let method = req.method().clone();
+    let response = match (segments.as_slice(), &method) {
+        (["v2"], &Method::GET) => server_metadata(),
+        (["v2", "health", "live"], &Method::GET) => reply::empty(StatusCode::OK),
+        (["v2", "health", "ready"], &Method::GET) => ready_status(state.is_ready()),
+        (["metrics"], &Method::GET) => metrics(&state),
+        (["v2", "models", rest @ ..], m) => match model_route(rest) {
+            Some((name, version, action)) => match (action, m) {
+                ("", &Method::GET) => with_model(&state, name, version, model_metadata),
+                ("ready", &Method::GET) => {
+                    with_model(&state, name, version, |_| ready_status(state.is_ready()))
+                }
+                ("infer", &Method::POST) => infer(&state, name, version, req).await,
+                ("" | "ready" | "infer", _) => method_not_allowed(&method, &path),
+                _ => not_found(&path),
+            },
+            None => not_found(&path),
+        },
+        (["v2"] | ["v2", "health", "live" | "ready"] | ["metrics"], _) => {
+            method_not_allowed(&method, &path)
+        }
+        _ => not_found(&path),
+    };
+    Ok(response)
+}
+
+/// Splits `NAME[/versions/V][/ready|/infer]` into its parts.
+fn model_route<'a>(rest: &[&'a str]) -> Option<(&'a str, Option<&'a str>, &'a str)> {
+    match rest {
+        [name] => Some((name, None, "")),
+        [name, action] => Some((name, None, action)),
+        [name, "versions", v] => Some((name, Some(v), "")),
+        [name, "versions", v, action] => Some((name, Some(v), action)),
+        _ => None,
+    }
+}
+
+fn with_model(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+    f: impl FnOnce(&Model) -> Response<Body>,
+) -> Response<Body> {
+    match state.models.get(name, version) {
+        Ok(model) => f(&model),
+        Err(e) => reply::infer_error(&e),
+    }
+}
+
+fn server_metadata() -> Response<Body> {
+    reply::json(
+        StatusCode::OK,
+        &json!({
+            "name": "ferroserve",
+            "version": env!("CARGO_PKG_VERSION"),
+            "extensions": EXTENSIONS,
+        }),
+    )
+}
+
+fn ready_status(ready: bool) -> Response<Body> {
+    reply::empty(if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    })
+}
+
+fn model_metadata(model: &Model) -> Response<Body> {
+    let tensors = |list: &[ferroserve_backend_core::TensorSpec]| {
+        list.iter()
+            .map(|t| json!({ "name": t.name, "datatype": t.dtype.as_str(), "shape": t.shape }))
+            .collect::<Vec<_>>()
+    };
+    reply::json(
+        StatusCode::OK,
+        &json!({
+            "name": model.name,
+            "versions": [model.version_label],
+            "platform": "onnxruntime_onnx",
+            "inputs": tensors(&model.signature.inputs),
+            "outputs": tensors(&model.signature.outputs),
+        }),
+    )
+}
+
+fn metrics(state: &AppState) -> Response<Body> {
+    for m in state.models.all() {
+        state
+            .metrics
+            .queue_depth
+            .with_label_values(&[&m.name, &m.version_label])
+            .set(m.queue_depth() as i64);
+    }
+    let mut r = Response::new(Body::new(Bytes::from(state.metrics.render())));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+fn not_found(path: &str) -> Response<Body> {
+    reply::error(StatusCode::NOT_FOUND, &format!("no route for {path}"))
+}
+
+fn method_not_allowed(method: &Method, path: &str) -> Response<Body> {
+    reply::error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("{method} is not allowed on {path}"),
+    )
+}
+
+/// Decrements the in-flight gauge however the request ends, including when
+/// the client disconnects and the handler future is dropped.
+struct InflightGuard(prometheus::IntGauge);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+async fn infer(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let model = match state.models.get(name, version) {
+        Ok(m) => m,
+        Err(e) => return reply::infer_error(&e),
+    };
+    let inflight = state.metrics.inflight.with_label_values(&[&model.name]);
+    inflight.inc();
+    let _guard = InflightGuard(inflight);
+    let result = run_infer(state, &model, req).await;
+    let outcome = match &result {
+        Ok(_) => "success",
+        Err(e) => e.outcome(),
+    };
+    let labels = [model.name.as_str(), model.version_label.as_str()];
+    state
+        .metrics
+        .requests
+        .with_label_values(&[labels[0], labels[1], outcome])
+        .inc();
+    state
+        .metrics
+        .request_duration
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            if matches!(e, InferError::Backend(_)) {
+                tracing::warn!(model = %model.name, error = %e, "inference failed");
+            }
+            reply::infer_error(&e)
+        }
+    }
+}
+
+async fn run_infer(
+    state: &AppState,
+    model: &Model,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, InferError> {
+    let header_len = match req.headers().get(HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    InferError::InvalidInput(format!(
+                        "Inference-Header-Content-Length must be a byte count, received {v:?}"
+                    ))
+                })?,
+        ),
+    };
+    let body = read_body(state, req).await?;
+    let request = codec::decode_request(body, header_len)?;
+    let selected = codec::select_outputs(
+        &model.signature,
+        &request.outputs,
+        request.binary_data_output,
+    )?;
+    let (rx, deadline) = model.submit(request.inputs, request.timeout)?;
+    let output = match tokio::time::timeout_at(deadline.into(), rx).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(_)) => {
+            return Err(InferError::Backend(
+                "the model's worker stopped before answering".into(),
+            ))
+        }
+        Err(_) => {
+            return Err(InferError::Timeout(format!(
+                "request timed out after {} ms",
+                model
+                    .manifest
+                    .batching
+                    .timeout_ms
+                    .min(request.timeout.map_or(u64::MAX, |t| t.as_millis() as u64))
+            )))
+        }
+    };
+    let labels = [model.name.as_str(), model.version_label.as_str()];
+    state
+        .metrics
+        .queue_duration
+        .with_label_values(&labels)
+        .observe(output.queue_time.as_secs_f64());
+    state
+        .metrics
+        .compute_duration
+        .with_label_values(&labels)
+        .observe(output.compute_time.as_secs_f64());
+    let encoded = codec::encode_response(ResponseParts {
+        model_name: &model.name,
+        model_version: &model.version_label,
+        id: request.id.as_deref(),
+        parameters: request.parameters.as_ref(),
+        signature: &model.signature,
+        outputs: &output.outputs,
+        selected: &selected,
+    });
+    let mut r = Response::new(Body::new(encoded.body));
+    let headers = r.headers_mut();
+    match encoded.header_len {
+        Some(n) => {
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            headers.insert(HEADER_LENGTH, HeaderValue::from(n));
+        }
+        None => {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+    }
+    Ok(r)
+}
+
+async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Bytes, InferError> {
+    let limit = state.limits.max_body_bytes;
+    let too_large = |what: String| {
+        state
+            .metrics
+            .rejected
+            .with_label_values(&["body_too_large"])
+            .inc();
+        InferError::PayloadTooLarge(format!(
+            "request body {what} exceeds the limit of {limit} bytes"
+        ))
+    };
+    if let Some(len) = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<usize>().ok())
+    {
+        if len > limit {
+            return Err(too_large(format!("of {len} bytes (Content-Length)")));
+        }
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large("(chunked)".into())),
+        Err(e) => Err(InferError::InvalidInput(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
+}

@@ -1,0 +1,16 @@
+//! ferroserve: a model-serving runtime.
+//!
+//! The request path: [`http`] decodes a request, [`models`] finds the model,
+//! [`validate`] checks it against the signature, [`scheduler`] batches it onto
+//! a backend instance thread, and the answer goes back the same way.
+
+pub mod http;
+pub mod infer;
+pub mod manifest;
+pub mod metrics;
+pub mod model;
+pub mod models;
+pub mod repository;
+pub mod runtime;
+pub mod scheduler;
+pub mod validate;

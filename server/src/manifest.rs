@@ -1,0 +1,414 @@
+//! `bundle.toml`: what a bundle declares about itself.
+//!
+//! Parsing is strict (unknown keys are errors) because a misspelt batching
+//! key silently falling back to a default is the kind of mistake that only
+//! shows up as bad latency in production.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferroserve_backend_core::{DataType, Signature, TensorSpec};
+use serde::Deserialize;
+
+pub const MANIFEST_FILE: &str = "bundle.toml";
+
+/// An error in a bundle's manifest or in how it matches its model: always
+/// names the file, the key and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {key}: {problem}", file.display())]
+pub struct ManifestError {
+    pub file: PathBuf,
+    pub key: String,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Onnx,
+    Opencl,
+    Python,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Onnx => "onnx",
+            BackendKind::Opencl => "opencl",
+            BackendKind::Python => "python",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: String,
+    #[serde(default)]
+    description: String,
+    backend: BackendKind,
+    model: String,
+    #[serde(default)]
+    inputs: Vec<RawTensor>,
+    #[serde(default)]
+    outputs: Vec<RawTensor>,
+    #[serde(default)]
+    batching: Batching,
+    #[serde(default)]
+    instances: Instances,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTensor {
+    name: String,
+    datatype: String,
+    shape: Vec<i64>,
+}
+
+/// Dynamic batching settings, named as Triton users know them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Batching {
+    /// Most rows in one batch; 0 means the model has no batch dimension and
+    /// every request runs alone.
+    pub max_batch_size: usize,
+    pub max_queue_delay_us: u64,
+    pub preferred_batch_sizes: Vec<usize>,
+    pub max_queue_size: usize,
+    pub timeout_ms: u64,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            max_batch_size: 0,
+            max_queue_delay_us: 0,
+            preferred_batch_sizes: Vec::new(),
+            max_queue_size: 1024,
+            timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Batching {
+    pub fn max_queue_delay(&self) -> Duration {
+        Duration::from_micros(self.max_queue_delay_us)
+    }
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Instances {
+    pub count: usize,
+    pub device: String,
+    /// ONNX Runtime intra-op threads per instance; 0 lets the server pick
+    /// (the machine's cores divided among the instances).
+    pub intra_op_threads: usize,
+}
+
+impl Default for Instances {
+    fn default() -> Self {
+        Instances {
+            count: 1,
+            device: "cpu".into(),
+            intra_op_threads: 0,
+        }
+    }
+}
+
+/// A validated manifest. `declared` holds the signature the manifest states,
+/// if it states one; [`Manifest::reconcile`] checks it against the model.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub file: PathBuf,
+    pub dir: PathBuf,
+    pub name: String,
+    pub description: String,
+    pub backend: BackendKind,
+    pub model_path: PathBuf,
+    pub declared: Signature,
+    pub batching: Batching,
+    pub instances: Instances,
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Manifest {
+    /// Reads and validates `DIR/bundle.toml`, including that the model file exists.
+    pub fn load(dir: &Path) -> Result<Manifest, ManifestError> {
+        let file = dir.join(MANIFEST_FILE);
+        let err = |key: &str, problem: String| ManifestError {
+            file: file.clone(),
+            key: key.to_string(),
+            problem,
+        };
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| err("(file)", format!("cannot read: {e}")))?;
+        let raw: RawManifest = toml::from_str(&text).map_err(|e| {
+            let (line, col) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((0, 0));
+            err(
+                &format!("line {line} column {col}"),
+                e.message().trim().to_string(),
+            )
+        })?;
+        Manifest::validate(raw, file.clone(), dir)
+    }
+
+    fn validate(raw: RawManifest, file: PathBuf, dir: &Path) -> Result<Manifest, ManifestError> {
+        let err = |key: String, problem: String| ManifestError {
+            file: file.clone(),
+            key,
+            problem,
+        };
+        if raw.name.is_empty() || raw.name.contains(['/', ' ']) {
+            return Err(err(
+                "name".into(),
+                format!(
+                    "expected a non-empty name without '/' or spaces, got {:?}",
+                    raw.name
+                ),
+            ));
+        }
+        if raw.backend != BackendKind::Onnx {
+            return Err(err(
+                "backend".into(),
+                format!(
+                    "backend {:?} is not available in this build; expected \"onnx\"",
+                    raw.backend.to_string()
+                ),
+            ));
+        }
+        let model_path = dir.join(&raw.model);
+        if !model_path.is_file() {
+            return Err(err(
+                "model".into(),
+                format!(
+                    "model file {:?} not found at {}",
+                    raw.model,
+                    model_path.display()
+                ),
+            ));
+        }
+        let mut declared = Signature::default();
+        for (section, list, out) in [
+            ("inputs", &raw.inputs, &mut declared.inputs),
+            ("outputs", &raw.outputs, &mut declared.outputs),
+        ] {
+            for (i, t) in list.iter().enumerate() {
+                let dtype: DataType = t
+                    .datatype
+                    .parse()
+                    .map_err(|e| err(format!("{section}[{i}].datatype"), format!("{e}")))?;
+                if let Some(d) = t.shape.iter().find(|&&d| d < -1) {
+                    return Err(err(
+                        format!("{section}[{i}].shape"),
+                        format!(
+                            "dimension {d} in {:?}: expected -1 (any) or a size >= 0",
+                            t.shape
+                        ),
+                    ));
+                }
+                if out.iter().any(|s: &TensorSpec| s.name == t.name) {
+                    return Err(err(
+                        format!("{section}[{i}].name"),
+                        format!("{:?} is declared twice", t.name),
+                    ));
+                }
+                out.push(TensorSpec {
+                    name: t.name.clone(),
+                    dtype,
+                    shape: t.shape.clone(),
+                });
+            }
+        }
+        let b = &raw.batching;
+        for &p in &b.preferred_batch_sizes {
+            if p == 0 || (b.max_batch_size > 0 && p > b.max_batch_size) || b.max_batch_size == 0 {
+                return Err(err(
+                    "batching.preferred_batch_sizes".into(),
+                    format!(
+                        "{p} is not between 1 and max_batch_size ({})",
+                        b.max_batch_size
+                    ),
+                ));
+            }
+        }
+        if b.max_queue_size == 0 {
+            return Err(err(
+                "batching.max_queue_size".into(),
+                "expected at least 1, got 0".into(),
+            ));
+        }
+        if b.timeout_ms == 0 {
+            return Err(err(
+                "batching.timeout_ms".into(),
+                "expected at least 1, got 0".into(),
+            ));
+        }
+        if b.max_batch_size > 0 {
+            for (section, list) in [("inputs", &declared.inputs), ("outputs", &declared.outputs)] {
+                for (i, t) in list.iter().enumerate() {
+                    if t.shape.first() != Some(&-1) {
+                        return Err(err(
+                            format!("{section}[{i}].shape"),
+                            format!(
+                                "batching.max_batch_size is {} so dim 0 must be -1 (the batch), got {:?}",
+                                b.max_batch_size, t.shape
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if raw.instances.count == 0 {
+            return Err(err(
+                "instances.count".into(),
+                "expected at least 1, got 0".into(),
+            ));
+        }
+        if raw.instances.device != "cpu" {
+            return Err(err(
+                "instances.device".into(),
+                format!(
+                    "expected \"cpu\" for an onnx bundle in this build, got {:?}",
+                    raw.instances.device
+                ),
+            ));
+        }
+        Ok(Manifest {
+            file: file.clone(),
+            dir: dir.to_path_buf(),
+            name: raw.name,
+            description: raw.description,
+            backend: raw.backend,
+            model_path,
+            declared,
+            batching: raw.batching,
+            instances: raw.instances,
+            tags: raw.tags,
+        })
+    }
+
+    /// Checks the declared signature against the one the model reports and
+    /// returns the signature to serve: the declared one where given (it may
+    /// pin dims the model leaves free), else the model's own.
+    pub fn reconcile(&self, model: &Signature) -> Result<Signature, ManifestError> {
+        let err = |key: String, problem: String| ManifestError {
+            file: self.file.clone(),
+            key,
+            problem,
+        };
+        let mut served = Signature::default();
+        for (section, declared, actual, out) in [
+            (
+                "inputs",
+                &self.declared.inputs,
+                &model.inputs,
+                &mut served.inputs,
+            ),
+            (
+                "outputs",
+                &self.declared.outputs,
+                &model.outputs,
+                &mut served.outputs,
+            ),
+        ] {
+            if declared.is_empty() {
+                out.clone_from(actual);
+                continue;
+            }
+            for (i, d) in declared.iter().enumerate() {
+                let Some(m) = actual.iter().find(|m| m.name == d.name) else {
+                    return Err(err(
+                        format!("{section}[{i}].name"),
+                        format!(
+                            "the model has no {} named {:?}; it has {:?}",
+                            &section[..section.len() - 1],
+                            d.name,
+                            actual.iter().map(|m| m.name.as_str()).collect::<Vec<_>>()
+                        ),
+                    ));
+                };
+                if d.dtype != m.dtype {
+                    return Err(err(
+                        format!("{section}[{i}].datatype"),
+                        format!(
+                            "the model's {:?} is {}, the manifest says {}",
+                            d.name, m.dtype, d.dtype
+                        ),
+                    ));
+                }
+                let compatible = d.shape.len() == m.shape.len()
+                    && d.shape
+                        .iter()
+                        .zip(&m.shape)
+                        .all(|(&dd, &md)| md == -1 || dd == md);
+                if !compatible {
+                    return Err(err(
+                        format!("{section}[{i}].shape"),
+                        format!(
+                            "the model's {:?} has shape {:?}, the manifest says {:?}",
+                            d.name, m.shape, d.shape
+                        ),
+                    ));
+                }
+            }
+            if section == "inputs" {
+                if let Some(m) = actual
+                    .iter()
+                    .find(|m| !declared.iter().any(|d| d.name == m.name))
+                {
+                    return Err(err(
+                        "inputs".into(),
+                        format!(
+                            "the model's input {:?} ({} {:?}) is not declared",
+                            m.name, m.dtype, m.shape
+                        ),
+                    ));
+                }
+            }
+            // Keep the model's order, which is the order backends use; an
+            // output the manifest leaves out is served as the model reports it.
+            for m in actual {
+                out.push(
+                    declared
+                        .iter()
+                        .find(|d| d.name == m.name)
+                        .unwrap_or(m)
+                        .clone(),
+                );
+            }
+        }
+        if self.batching.max_batch_size > 0 {
+            for (section, list) in [("inputs", &served.inputs), ("outputs", &served.outputs)] {
+                if let Some(t) = list.iter().find(|t| t.shape.first() != Some(&-1)) {
+                    return Err(err(
+                        "batching.max_batch_size".into(),
+                        format!(
+                            "is {} but the model's {} {:?} has shape {:?} with no free dim 0 to batch on",
+                            self.batching.max_batch_size,
+                            &section[..section.len() - 1],
+                            t.name,
+                            t.shape
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(served)
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}

@@ -1,0 +1,125 @@
+//! Prometheus metrics. Label sets are small and fixed (model, version,
+//! outcome) so that cardinality stays bounded whatever clients send.
+
+use prometheus::{
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub queue_duration: HistogramVec,
+    pub compute_duration: HistogramVec,
+    pub batch_rows: HistogramVec,
+    pub queue_depth: IntGaugeVec,
+    pub inflight: IntGaugeVec,
+    /// Requests refused before they reached a model (body too large, bad
+    /// route), by reason.
+    pub rejected: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let mv = &["model", "version"];
+        let latency_buckets = exponential_buckets(50e-6, 2.0, 18).expect("valid buckets");
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "ferroserve_requests_total",
+                "Inference requests by model, version and outcome",
+            ),
+            &["model", "version", "outcome"],
+        )
+        .expect("valid metric");
+        let hist = |name: &str, help: &str| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(latency_buckets.clone()),
+                mv,
+            )
+            .expect("valid metric")
+        };
+        let request_duration = hist(
+            "ferroserve_request_duration_seconds",
+            "Time from a request's arrival to its answer",
+        );
+        let queue_duration = hist(
+            "ferroserve_queue_duration_seconds",
+            "Time a request waited in the queue before its batch ran",
+        );
+        let compute_duration = hist(
+            "ferroserve_compute_duration_seconds",
+            "Time the backend spent on the batch that held the request",
+        );
+        let batch_rows = HistogramVec::new(
+            HistogramOpts::new(
+                "ferroserve_batch_size",
+                "Rows per batch handed to a backend",
+            )
+            .buckets(exponential_buckets(1.0, 2.0, 11).expect("valid buckets")),
+            mv,
+        )
+        .expect("valid metric");
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "ferroserve_queue_depth",
+                "Requests waiting in a model's queue",
+            ),
+            mv,
+        )
+        .expect("valid metric");
+        let inflight = IntGaugeVec::new(
+            Opts::new("ferroserve_inflight_requests", "Requests being handled"),
+            &["model"],
+        )
+        .expect("valid metric");
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "ferroserve_rejected_requests_total",
+                "Requests refused before reaching a model",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(queue_duration.clone()),
+            Box::new(compute_duration.clone()),
+            Box::new(batch_rows.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(inflight.clone()),
+            Box::new(rejected.clone()),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            queue_duration,
+            compute_duration,
+            batch_rows,
+            queue_depth,
+            inflight,
+            rejected,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,131 @@
+//! A loaded model version: its manifest, the signature it serves and the
+//! scheduler that runs it.
+
+use std::time::{Duration, Instant};
+
+use ferroserve_backend_core::{Backend, Signature, Tensor};
+use ferroserve_backend_ort::{OrtBackend, OrtOptions};
+use tokio::sync::oneshot;
+
+use crate::infer::{InferError, InferOutput};
+use crate::manifest::{BackendKind, Manifest, ManifestError};
+use crate::metrics::Metrics;
+use crate::scheduler::{BatchPolicy, Job, Scheduler};
+use crate::validate;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Backend(#[from] ferroserve_backend_core::BackendError),
+    #[error("cannot start threads for model {name:?}: {source}")]
+    Threads {
+        name: String,
+        source: std::io::Error,
+    },
+}
+
+pub struct Model {
+    pub name: String,
+    pub version: u64,
+    /// `version` as a string, kept for metrics labels and URLs.
+    pub version_label: String,
+    pub manifest: Manifest,
+    pub signature: Signature,
+    scheduler: Scheduler,
+}
+
+impl Model {
+    /// Loads `count` sessions of the bundle's model, checks the manifest
+    /// against the model's own signature and starts the scheduler. Blocking:
+    /// call it off the async runtime.
+    pub fn load(manifest: Manifest, version: u64, metrics: &Metrics) -> Result<Model, LoadError> {
+        let threads = match manifest.instances.intra_op_threads {
+            0 => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                (cores / manifest.instances.count).max(1)
+            }
+            n => n,
+        };
+        let mut backends: Vec<Box<dyn Backend>> = Vec::with_capacity(manifest.instances.count);
+        for _ in 0..manifest.instances.count {
+            let backend = match manifest.backend {
+                BackendKind::Onnx => OrtBackend::load(
+                    &manifest.model_path,
+                    &OrtOptions {
+                        intra_op_threads: threads,
+                        inter_op_threads: 0,
+                    },
+                ),
+                other => unreachable!("manifest validation refuses backend {other}"),
+            }?;
+            backends.push(Box::new(backend));
+        }
+        let signature = manifest.reconcile(backends[0].signature())?;
+        let version_label = version.to_string();
+        let b = &manifest.batching;
+        let scheduler = Scheduler::start(
+            &manifest.name,
+            backends,
+            BatchPolicy {
+                max_batch_size: b.max_batch_size,
+                max_queue_delay: b.max_queue_delay(),
+                preferred_batch_sizes: b.preferred_batch_sizes.clone(),
+            },
+            b.max_queue_size,
+            metrics
+                .batch_rows
+                .with_label_values(&[&manifest.name, &version_label]),
+        )
+        .map_err(|source| LoadError::Threads {
+            name: manifest.name.clone(),
+            source,
+        })?;
+        Ok(Model {
+            name: manifest.name.clone(),
+            version,
+            version_label,
+            signature,
+            manifest,
+            scheduler,
+        })
+    }
+
+    /// Validates the inputs and queues them. The returned receiver yields the
+    /// answer; the caller should stop waiting at the returned deadline.
+    pub fn submit(
+        &self,
+        named: Vec<(String, Tensor)>,
+        timeout: Option<Duration>,
+    ) -> Result<(oneshot::Receiver<Result<InferOutput, InferError>>, Instant), InferError> {
+        let (inputs, rows) = validate::inputs(
+            &self.signature,
+            self.manifest.batching.max_batch_size,
+            named,
+        )?;
+        let timeout = timeout.map_or(self.manifest.batching.timeout(), |t| {
+            t.min(self.manifest.batching.timeout())
+        });
+        let now = Instant::now();
+        let deadline = now + timeout;
+        let (reply, rx) = oneshot::channel();
+        self.scheduler.submit(Job {
+            inputs,
+            rows,
+            enqueued: now,
+            deadline,
+            reply,
+        })?;
+        Ok((rx, deadline))
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.scheduler.queue_depth()
+    }
+
+    /// Whether `v` (from a URL) names this model's version.
+    pub fn has_version(&self, v: &str) -> bool {
+        v == self.version_label
+    }
+}
