@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::json_data::{FlatData, Flatten, Sink};
+use super::json_data::{write_data, Flatten, Sink};
 use crate::infer::InferError;
 
 #[derive(Deserialize)]
@@ -244,33 +244,6 @@ pub fn select_outputs(
     }
 }
 
-#[derive(Serialize)]
-struct ResponseHeader<'a> {
-    model_name: &'a str,
-    model_version: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parameters: Option<&'a Map<String, Value>>,
-    outputs: Vec<OutputJson<'a>>,
-}
-
-#[derive(Serialize)]
-struct OutputJson<'a> {
-    name: &'a str,
-    datatype: &'static str,
-    shape: &'a [i64],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parameters: Option<BinaryParams>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<FlatData<'a>>,
-}
-
-#[derive(Serialize)]
-struct BinaryParams {
-    binary_data_size: usize,
-}
-
 /// An encoded response body; `header_len` is set when binary outputs follow
 /// the JSON header.
 pub struct EncodedResponse {
@@ -288,41 +261,58 @@ pub struct ResponseParts<'a> {
     pub selected: &'a [(usize, bool)],
 }
 
-pub fn encode_response(p: ResponseParts<'_>) -> EncodedResponse {
+/// Writes the response by hand rather than through a serde tree: tensor data
+/// goes straight from the output bytes into the body, and floats JSON cannot
+/// spell (NaN, infinities) keep their values.
+pub fn encode_response(p: ResponseParts<'_>) -> Result<EncodedResponse, InferError> {
+    fn put<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+        serde_json::to_writer(out, v).expect("writing to a Vec cannot fail");
+    }
+    let mut json = Vec::with_capacity(256);
+    json.extend_from_slice(b"{\"model_name\":");
+    put(&mut json, p.model_name);
+    json.extend_from_slice(b",\"model_version\":");
+    put(&mut json, p.model_version);
+    if let Some(id) = p.id {
+        json.extend_from_slice(b",\"id\":");
+        put(&mut json, id);
+    }
+    if let Some(params) = p.parameters {
+        json.extend_from_slice(b",\"parameters\":");
+        put(&mut json, params);
+    }
+    json.extend_from_slice(b",\"outputs\":[");
     let mut binary_len = 0usize;
-    let outputs: Vec<OutputJson> = p
-        .selected
-        .iter()
-        .map(|&(i, binary)| {
-            let t = &p.outputs[i];
-            let spec = &p.signature.outputs[i];
-            if binary {
-                binary_len += t.data.len();
-            }
-            OutputJson {
-                name: &spec.name,
-                datatype: t.dtype.as_str(),
-                shape: &t.shape,
-                parameters: binary.then_some(BinaryParams {
-                    binary_data_size: t.data.len(),
-                }),
-                data: (!binary).then_some(FlatData(t)),
-            }
-        })
-        .collect();
-    let header = ResponseHeader {
-        model_name: p.model_name,
-        model_version: p.model_version,
-        id: p.id,
-        parameters: p.parameters,
-        outputs,
-    };
-    let json = serde_json::to_vec(&header).expect("response header serializes");
+    for (n, &(i, binary)) in p.selected.iter().enumerate() {
+        let t = &p.outputs[i];
+        let name = &p.signature.outputs[i].name;
+        if n > 0 {
+            json.push(b',');
+        }
+        json.extend_from_slice(b"{\"name\":");
+        put(&mut json, name);
+        json.extend_from_slice(b",\"datatype\":\"");
+        json.extend_from_slice(t.dtype.as_str().as_bytes());
+        json.extend_from_slice(b"\",\"shape\":");
+        put(&mut json, &t.shape);
+        if binary {
+            binary_len += t.data.len();
+            json.extend_from_slice(b",\"parameters\":{\"binary_data_size\":");
+            json.extend_from_slice(itoa::Buffer::new().format(t.data.len()).as_bytes());
+            json.push(b'}');
+        } else {
+            json.extend_from_slice(b",\"data\":");
+            write_data(t, &mut json)
+                .map_err(|e| InferError::InvalidInput(format!("output {name:?}: {e}")))?;
+        }
+        json.push(b'}');
+    }
+    json.extend_from_slice(b"]}");
     if binary_len == 0 {
-        return EncodedResponse {
+        return Ok(EncodedResponse {
             body: Bytes::from(json),
             header_len: None,
-        };
+        });
     }
     let header_len = json.len();
     let mut body = BytesMut::with_capacity(header_len + binary_len);
@@ -332,10 +322,10 @@ pub fn encode_response(p: ResponseParts<'_>) -> EncodedResponse {
             body.extend_from_slice(&p.outputs[i].data);
         }
     }
-    EncodedResponse {
+    Ok(EncodedResponse {
         body: body.freeze(),
         header_len: Some(header_len),
-    }
+    })
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@ use std::fmt;
 use ferroserve_backend_core::{DataType, Tensor};
 use half::f16;
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
-use serde::ser::{Serialize, SerializeSeq, Serializer};
 
 /// Collects the elements of a (possibly nested) JSON array as one dtype.
 #[derive(Debug)]
@@ -71,9 +70,33 @@ impl Sink {
     }
 
     fn push_float<E: de::Error>(&mut self, v: f64) -> Result<(), E> {
+        // JSON numbers are always finite; one that overflows the target type
+        // would silently become infinity, so it is refused like an integer
+        // out of range.
+        let out_of_range = |max: f64| {
+            E::custom(format_args!(
+                "element {}: {} is out of range for {} (largest magnitude {})",
+                self.count,
+                ryu::Buffer::new().format(v),
+                self.dtype,
+                ryu::Buffer::new().format(max)
+            ))
+        };
         match self.dtype {
-            DataType::Fp16 => self.buf.extend_from_slice(&f16::from_f64(v).to_le_bytes()),
-            DataType::Fp32 => self.buf.extend_from_slice(&(v as f32).to_le_bytes()),
+            DataType::Fp16 => {
+                let h = f16::from_f64(v);
+                if h.is_infinite() {
+                    return Err(out_of_range(f16::MAX.to_f64()));
+                }
+                self.buf.extend_from_slice(&h.to_le_bytes())
+            }
+            DataType::Fp32 => {
+                let x = v as f32;
+                if x.is_infinite() {
+                    return Err(out_of_range(f32::MAX as f64));
+                }
+                self.buf.extend_from_slice(&x.to_le_bytes())
+            }
             DataType::Fp64 => self.buf.extend_from_slice(&v.to_le_bytes()),
             _ => return Err(self.wrong(v)),
         }
@@ -147,52 +170,89 @@ impl<'de> Visitor<'de> for Flatten<'_> {
     }
 }
 
-/// Serializes a tensor's elements as a flat JSON array, as the protocol's
-/// responses carry them.
-pub struct FlatData<'a>(pub &'a Tensor);
-
-impl Serialize for FlatData<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let t = self.0;
-        let mut seq = s.serialize_seq(Some(t.element_count()))?;
-        macro_rules! each {
-            ($ty:ty, $n:expr) => {
-                for c in t.data.chunks_exact($n) {
-                    seq.serialize_element(&<$ty>::from_le_bytes(
-                        c.try_into().expect("chunk size"),
-                    ))?;
-                }
-            };
+/// Writes a tensor's elements as the flat JSON array the protocol's responses
+/// carry. Floats that JSON cannot spell are written as `NaN`, `Infinity` and
+/// `-Infinity`, which Python's and tritonclient's parsers read back exactly;
+/// BYTES elements that are not UTF-8 cannot be JSON strings at all, so they
+/// are an error telling the client to ask for binary output instead.
+pub fn write_data(t: &Tensor, out: &mut Vec<u8>) -> Result<(), String> {
+    out.push(b'[');
+    let mut first = true;
+    let mut sep = |out: &mut Vec<u8>| {
+        if !first {
+            out.push(b',');
         }
-        match t.dtype {
-            DataType::Bool => {
-                for &b in t.data.iter() {
-                    seq.serialize_element(&(b != 0))?;
-                }
+        first = false;
+    };
+    macro_rules! ints {
+        ($ty:ty, $n:expr) => {{
+            let mut buf = itoa::Buffer::new();
+            for c in t.data.chunks_exact($n) {
+                sep(out);
+                out.extend_from_slice(
+                    buf.format(<$ty>::from_le_bytes(c.try_into().expect("chunk size")))
+                        .as_bytes(),
+                );
             }
-            DataType::Uint8 => each!(u8, 1),
-            DataType::Uint16 => each!(u16, 2),
-            DataType::Uint32 => each!(u32, 4),
-            DataType::Uint64 => each!(u64, 8),
-            DataType::Int8 => each!(i8, 1),
-            DataType::Int16 => each!(i16, 2),
-            DataType::Int32 => each!(i32, 4),
-            DataType::Int64 => each!(i64, 8),
-            DataType::Fp16 => {
-                for c in t.data.chunks_exact(2) {
-                    seq.serialize_element(&f16::from_le_bytes([c[0], c[1]]).to_f32())?;
-                }
-            }
-            DataType::Fp32 => each!(f32, 4),
-            DataType::Fp64 => each!(f64, 8),
-            DataType::Bytes => {
-                for s in t.string_elements() {
-                    seq.serialize_element(&String::from_utf8_lossy(s))?;
-                }
-            }
-        }
-        seq.end()
+        }};
     }
+    macro_rules! floats {
+        ($conv:expr, $n:expr) => {{
+            let mut buf = ryu::Buffer::new();
+            for c in t.data.chunks_exact($n) {
+                sep(out);
+                let v = $conv(c);
+                out.extend_from_slice(if v.is_finite() {
+                    buf.format_finite(v).as_bytes()
+                } else if v.is_nan() {
+                    b"NaN"
+                } else if v > 0.0 {
+                    b"Infinity"
+                } else {
+                    b"-Infinity"
+                });
+            }
+        }};
+    }
+    match t.dtype {
+        DataType::Bool => {
+            for &b in t.data.iter() {
+                sep(out);
+                out.extend_from_slice(if b != 0 { b"true" } else { b"false" });
+            }
+        }
+        DataType::Uint8 => ints!(u8, 1),
+        DataType::Uint16 => ints!(u16, 2),
+        DataType::Uint32 => ints!(u32, 4),
+        DataType::Uint64 => ints!(u64, 8),
+        DataType::Int8 => ints!(i8, 1),
+        DataType::Int16 => ints!(i16, 2),
+        DataType::Int32 => ints!(i32, 4),
+        DataType::Int64 => ints!(i64, 8),
+        DataType::Fp16 => floats!(|c: &[u8]| f16::from_le_bytes([c[0], c[1]]).to_f32(), 2),
+        DataType::Fp32 => floats!(
+            |c: &[u8]| f32::from_le_bytes(c.try_into().expect("4 bytes")),
+            4
+        ),
+        DataType::Fp64 => floats!(
+            |c: &[u8]| f64::from_le_bytes(c.try_into().expect("8 bytes")),
+            8
+        ),
+        DataType::Bytes => {
+            for (i, s) in t.string_elements().into_iter().enumerate() {
+                let s = std::str::from_utf8(s).map_err(|_| {
+                    format!(
+                        "element {i} is not valid UTF-8 and cannot be sent as a JSON string; \
+                         request this output with \"binary_data\": true"
+                    )
+                })?;
+                sep(out);
+                serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+            }
+        }
+    }
+    out.push(b']');
+    Ok(())
 }
 
 #[cfg(test)]
@@ -242,18 +302,40 @@ mod tests {
     fn output_round_trips_through_json() {
         for (dtype, json) in [
             (DataType::Fp16, "[0.5,-2.0]"),
-            (DataType::Fp64, "[0.1,1e+300]"),
+            (DataType::Fp64, "[0.1,1e300]"),
             (DataType::Bool, "[true,false]"),
             (DataType::Uint64, "[18446744073709551615,0]"),
             (DataType::Bytes, "[\"héllo\",\"\"]"),
         ] {
             let s = parse(dtype, json).unwrap();
             let t = Tensor::new(dtype, vec![2], bytes::Bytes::from(s.buf)).unwrap();
-            assert_eq!(
-                serde_json::to_string(&FlatData(&t)).unwrap(),
-                json,
-                "{dtype}"
-            );
+            let mut out = Vec::new();
+            write_data(&t, &mut out).unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), json, "{dtype}");
         }
+    }
+
+    #[test]
+    fn non_finite_floats_and_non_utf8_bytes() {
+        let data: Vec<u8> = [f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1.5]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let t = Tensor::new(DataType::Fp32, vec![4], bytes::Bytes::from(data)).unwrap();
+        let mut out = Vec::new();
+        write_data(&t, &mut out).unwrap();
+        assert_eq!(out, b"[Infinity,-Infinity,NaN,1.5]");
+        let t = Tensor::from_strings(vec![2], &[&b"ok"[..], &b"\xff"[..]]).unwrap();
+        let e = write_data(&t, &mut Vec::new()).unwrap_err();
+        assert!(e.contains("element 1") && e.contains("binary_data"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_floats_are_refused() {
+        let e = parse(DataType::Fp32, "[1e39]").unwrap_err();
+        assert!(e.contains("1e39") && e.contains("FP32"), "{e}");
+        let e = parse(DataType::Fp16, "[70000]").unwrap_err();
+        assert!(e.contains("70000") && e.contains("FP16"), "{e}");
+        assert!(parse(DataType::Fp16, "[65504]").is_ok());
     }
 }

@@ -255,7 +255,7 @@ async fn run_infer(
         signature: &model.signature,
         outputs: &output.outputs,
         selected: &selected,
-    });
+    })?;
     let mut r = Response::new(Body::new(encoded.body));
     let headers = r.headers_mut();
     match encoded.header_len {

@@ -34,77 +34,82 @@ impl Worker {
         }
     }
 
-    fn run_batch(&mut self, mut jobs: Vec<Job>) {
+    fn run_batch(&mut self, jobs: Vec<Job>) {
         let started = Instant::now();
         let rows: Vec<usize> = jobs.iter().map(|j| j.rows).collect();
         self.batch_rows.observe(rows.iter().sum::<usize>() as f64);
-        let inputs = match stack_inputs(&mut jobs) {
-            Ok(inputs) => inputs,
-            Err(e) => return fail_all(jobs, e),
-        };
-        let result = catch_unwind(AssertUnwindSafe(|| self.backend.run(inputs)));
+        let result = stack_inputs(&jobs).and_then(|inputs| self.run_backend(inputs));
         let compute_time = started.elapsed();
         let outputs = match result {
-            Ok(Ok(outputs)) => outputs,
-            Ok(Err(e)) => return fail_all(jobs, InferError::Backend(e.to_string())),
-            Err(_) => {
-                return fail_all(
-                    jobs,
-                    InferError::Backend("the backend panicked while running the batch".into()),
-                )
+            Ok(outputs) => outputs,
+            // One bad request (an index out of range, say) fails the whole
+            // batch inside the backend. Rather than fail its batch-mates too,
+            // run each request alone so only the bad one gets the error.
+            Err(_) if jobs.len() > 1 => {
+                for job in jobs {
+                    self.run_batch(vec![job]);
+                }
+                return;
+            }
+            Err(e) => return fail_all(jobs, e),
+        };
+        let per_job = if !self.batched || jobs.len() == 1 {
+            vec![outputs]
+        } else {
+            match split_outputs(&outputs, &rows) {
+                Ok(parts) => parts,
+                Err(e) => return fail_all(jobs, e),
             }
         };
-        if !self.batched || jobs.len() == 1 {
-            let job = jobs.pop().expect("one job");
-            let queue_time = started - job.enqueued;
-            let _ = job.reply.send(Ok(InferOutput {
-                outputs,
-                queue_time,
-                compute_time,
-            }));
-            return;
-        }
-        // Split every output along dim 0 back into each job's rows.
-        let mut per_job: Vec<Vec<Tensor>> = (0..jobs.len())
-            .map(|_| Vec::with_capacity(outputs.len()))
-            .collect();
-        for out in &outputs {
-            match out.split(&rows) {
-                Ok(parts) => {
-                    for (dst, part) in per_job.iter_mut().zip(parts) {
-                        dst.push(part);
-                    }
-                }
-                Err(e) => return fail_all(jobs, InferError::Backend(format!("model output: {e}"))),
-            }
-        }
         for (job, outputs) in jobs.into_iter().zip(per_job) {
-            let queue_time = started - job.enqueued;
             let _ = job.reply.send(Ok(InferOutput {
                 outputs,
-                queue_time,
+                queue_time: started - job.enqueued,
                 compute_time,
             }));
+        }
+    }
+
+    fn run_backend(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, InferError> {
+        match catch_unwind(AssertUnwindSafe(|| self.backend.run(inputs))) {
+            Ok(Ok(outputs)) => Ok(outputs),
+            Ok(Err(e)) => Err(InferError::Backend(e.to_string())),
+            Err(_) => Err(InferError::Backend(
+                "the backend panicked while running the batch".into(),
+            )),
         }
     }
 }
 
 /// Concatenates the jobs' inputs along dim 0, one tensor per model input.
-fn stack_inputs(jobs: &mut [Job]) -> Result<Vec<Tensor>, InferError> {
-    if jobs.len() == 1 {
-        return Ok(std::mem::take(&mut jobs[0].inputs));
+/// The jobs keep their own inputs (cheap `Bytes` clones) so a failed batch
+/// can be retried request by request.
+fn stack_inputs(jobs: &[Job]) -> Result<Vec<Tensor>, InferError> {
+    if let [job] = jobs {
+        return Ok(job.inputs.clone());
     }
-    let n = jobs[0].inputs.len();
-    let mut columns: Vec<Vec<Tensor>> = (0..n).map(|_| Vec::with_capacity(jobs.len())).collect();
-    for job in jobs.iter_mut() {
-        for (col, t) in columns.iter_mut().zip(std::mem::take(&mut job.inputs)) {
-            col.push(t);
+    (0..jobs[0].inputs.len())
+        .map(|i| {
+            Tensor::concat(jobs.iter().map(|j| j.inputs[i].clone()).collect())
+                .map_err(|e| InferError::Backend(e.to_string()))
+        })
+        .collect()
+}
+
+/// Splits every output along dim 0 back into each job's rows.
+fn split_outputs(outputs: &[Tensor], rows: &[usize]) -> Result<Vec<Vec<Tensor>>, InferError> {
+    let mut per_job: Vec<Vec<Tensor>> = (0..rows.len())
+        .map(|_| Vec::with_capacity(outputs.len()))
+        .collect();
+    for out in outputs {
+        let parts = out
+            .split(rows)
+            .map_err(|e| InferError::Backend(format!("model output: {e}")))?;
+        for (dst, part) in per_job.iter_mut().zip(parts) {
+            dst.push(part);
         }
     }
-    columns
-        .into_iter()
-        .map(|col| Tensor::concat(col).map_err(|e| InferError::Backend(e.to_string())))
-        .collect()
+    Ok(per_job)
 }
 
 fn fail_all(jobs: Vec<Job>, err: InferError) {

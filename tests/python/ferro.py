@@ -1,0 +1,515 @@
+"""Shared helpers for ferroserve's Python protocol tests.
+
+Everything here talks to a real `ferroserve` process over real sockets:
+starting and stopping the binary, raw HTTP requests with `http.client`,
+encoding/decoding inference bodies (through tritonclient's own encoder and
+decoder, so the reference client's wire format is what the server sees),
+running the same model in-process with ONNX Runtime for the expected answers,
+and parsing the Prometheus text of `/metrics`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO_ROOT / "examples" / "models"
+GENERATE = REPO_ROOT / "examples" / "generate.py"
+MODELS = ("mlp", "multi_io", "conv", "strings", "dtypes")
+
+READY_RE = re.compile(r"HTTP server listening on (\S+):(\d+)")
+ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+# --------------------------------------------------------------------------
+# the binary and the example repository
+
+
+def server_binary() -> Path:
+    """FERROSERVE_BIN if set, else the newest of target/{release,debug}/ferroserve."""
+    env = os.environ.get("FERROSERVE_BIN")
+    if env:
+        p = Path(env)
+        if not p.is_file():
+            raise FileNotFoundError(f"FERROSERVE_BIN={env} does not exist")
+        return p
+    candidates = [REPO_ROOT / "target" / kind / "ferroserve" for kind in ("release", "debug")]
+    found = [p for p in candidates if p.is_file()]
+    if not found:
+        raise FileNotFoundError(
+            "no ferroserve binary: run `cargo build -p ferroserve` (or set FERROSERVE_BIN); "
+            f"looked for {', '.join(str(c) for c in candidates)}"
+        )
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def examples_complete() -> bool:
+    return all((EXAMPLES / m / "1" / f).is_file() for m in MODELS for f in ("model.onnx", "bundle.toml", "sample.json"))
+
+
+def ensure_examples() -> Path:
+    """Generates the example bundles if any is missing; returns the repository folder."""
+    if not examples_complete():
+        subprocess.run([sys.executable, str(GENERATE)], cwd=REPO_ROOT, check=True, timeout=300)
+    assert examples_complete(), f"examples/generate.py did not produce every bundle under {EXAMPLES}"
+    return EXAMPLES
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    raise TypeError(v)
+
+
+def make_repo(root: Path, bundles: dict[str, dict | None]) -> Path:
+    """Copies example bundles into ROOT/NAME/1 and rewrites top-level keys of
+    their bundle.toml (`{"conv": {"max_queue_size": 1}}`). Every key must
+    occur exactly once in the file, so an edit can never silently miss."""
+    ensure_examples()
+    root.mkdir(parents=True, exist_ok=True)
+    for name, edits in bundles.items():
+        dst = root / name / "1"
+        shutil.copytree(EXAMPLES / name / "1", dst)
+        manifest = dst / "bundle.toml"
+        text = manifest.read_text()
+        for key, value in (edits or {}).items():
+            pattern = re.compile(rf"^{re.escape(key)} = .*$", re.M)
+            text, n = pattern.subn(f"{key} = {toml_value(value)}", text)
+            assert n == 1, f"{manifest}: key {key!r} found {n} times"
+        manifest.write_text(text)
+    return root
+
+
+def bundle_manifest(model: str) -> dict:
+    import tomllib
+
+    return tomllib.loads((EXAMPLES / model / "1" / "bundle.toml").read_text())
+
+
+# --------------------------------------------------------------------------
+# a running server
+
+
+class Server:
+    """A `ferroserve serve` process on an ephemeral loopback port.
+
+    Its combined stdout/stderr is read by a background thread (so the pipe
+    never fills) and kept for failure messages."""
+
+    def __init__(self, repo: Path, extra_args: tuple[str, ...] | list[str] = (), ready_timeout: float = 120.0):
+        self.repo = Path(repo)
+        self.binary = server_binary()
+        self.cmd = [
+            str(self.binary), "serve", "--repo", str(self.repo),
+            "--host", "127.0.0.1", "--http-port", "0", *extra_args,
+        ]
+        env = dict(os.environ)
+        env.setdefault("NO_COLOR", "1")
+        env.setdefault("RUST_LOG", "info")
+        self.lines: list[str] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self.host: str | None = None
+        self.port: int | None = None
+        self.returncode: int | None = None
+        self.proc = subprocess.Popen(
+            self.cmd, cwd=REPO_ROOT, env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        self._reader = threading.Thread(target=self._read, name="ferroserve-log", daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + ready_timeout
+        while not self._ready.wait(0.05):
+            if self.proc.poll() is not None:
+                self._reader.join(5)
+                raise RuntimeError(
+                    f"ferroserve exited with code {self.proc.returncode} before listening\n"
+                    f"command: {' '.join(self.cmd)}\n{self.log()}"
+                )
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"ferroserve did not log its listening address within {ready_timeout} s\n{self.log()}")
+
+    def _read(self):
+        for raw in iter(self.proc.stdout.readline, b""):
+            line = ANSI_RE.sub("", raw.decode("utf-8", "replace")).rstrip("\n")
+            with self._lock:
+                self.lines.append(line)
+            if not self._ready.is_set():
+                m = READY_RE.search(line)
+                if m:
+                    self.host, self.port = m.group(1), int(m.group(2))
+                    self._ready.set()
+        self.proc.stdout.close()
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    @property
+    def url(self) -> str:
+        """host:port, the form tritonclient takes."""
+        return f"{self.host}:{self.port}"
+
+    def log(self, last: int = 200) -> str:
+        with self._lock:
+            lines = self.lines[-last:]
+        return "---- ferroserve log (last %d lines) ----\n%s" % (len(lines), "\n".join(lines))
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def terminate(self):
+        """Sends SIGTERM (once) without waiting."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            self.returncode = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"ferroserve did not exit within {timeout} s of SIGTERM\n{self.log()}")
+        self._reader.join(5)
+        return self.returncode
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then wait up to `timeout` seconds; returns the exit code."""
+        if self.returncode is not None:
+            return self.returncode
+        self.terminate()
+        return self.wait(timeout)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+# --------------------------------------------------------------------------
+# raw HTTP
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    reason: str = ""
+
+    def json(self):
+        return json.loads(self.body)
+
+    def error_message(self) -> str:
+        """The protocol's error body, `{"error": "..."}`; asserts its form."""
+        ctype = self.headers.get("content-type", "")
+        assert "application/json" in ctype, f"error response content-type {ctype!r}, body {self.body[:500]!r}"
+        doc = self.json()
+        assert isinstance(doc, dict) and isinstance(doc.get("error"), str) and doc["error"], (
+            f"error body is not {{\"error\": \"...\"}}: {self.body[:500]!r}"
+        )
+        return doc["error"]
+
+
+def read_response(conn: http.client.HTTPConnection) -> Response:
+    r = conn.getresponse()
+    body = r.read()
+    return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, body, r.reason)
+
+
+def request(addr, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None, timeout: float = 60.0) -> Response:
+    """One request on a fresh connection."""
+    conn = http.client.HTTPConnection(addr[0], addr[1], timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        return read_response(conn)
+    finally:
+        conn.close()
+
+
+def raw_exchange(addr, method: str, path: str, body_parts: list[bytes], headers: dict[str, str],
+                 chunked: bool = False, timeout: float = 60.0) -> Response:
+    """Writes a whole request with one sendall and then reads the answer.
+
+    A server may answer early (413) and close before reading the rest of the
+    body; HTTP allows that, and a client must still read the response. Unlike
+    http.client (which raises on the failed write), this tolerates a write
+    error and reads what the server sent."""
+    import socket
+
+    head = [f"{method} {path} HTTP/1.1", f"Host: {addr[0]}:{addr[1]}", "Connection: close"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    if chunked:
+        head.append("Transfer-Encoding: chunked")
+        payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in body_parts if p) + b"0\r\n\r\n"
+    else:
+        payload = b"".join(body_parts)
+        head.append(f"Content-Length: {len(payload)}")
+    data = ("\r\n".join(head) + "\r\n\r\n").encode() + payload
+    sock = socket.create_connection(addr, timeout=timeout)
+    try:
+        try:
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server stopped reading; its answer may still be there
+        r = http.client.HTTPResponse(sock, method=method)
+        r.begin()
+        body = r.read()
+        return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, body, r.reason)
+    finally:
+        sock.close()
+
+
+def post_json(addr, path: str, doc, timeout: float = 60.0) -> Response:
+    return request(addr, "POST", path, json.dumps(doc).encode(), {"Content-Type": "application/json"}, timeout)
+
+
+# --------------------------------------------------------------------------
+# model signatures and ONNX Runtime as the reference
+
+ORT_TYPES = {
+    "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+NP_TYPES = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_,
+}
+
+
+@dataclass
+class TensorSig:
+    name: str
+    datatype: str
+    shape: list[int]  # -1 for a free dim
+
+
+@dataclass
+class ModelRef:
+    """A model run in-process by ONNX Runtime: the expected answers."""
+
+    name: str
+    session: object
+    inputs: list[TensorSig] = field(default_factory=list)
+    outputs: list[TensorSig] = field(default_factory=list)
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        names = outputs or [o.name for o in self.outputs]
+        with _ORT_LOCK:
+            results = self.session.run(names, feeds)
+        return dict(zip(names, results))
+
+    def output(self, name: str) -> TensorSig:
+        return next(o for o in self.outputs if o.name == name)
+
+    def input(self, name: str) -> TensorSig:
+        return next(i for i in self.inputs if i.name == name)
+
+
+_ORT_LOCK = threading.Lock()
+_REFS: dict[str, ModelRef] = {}
+
+
+def _sig(arg) -> TensorSig:
+    dims = [d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape]
+    return TensorSig(arg.name, ORT_TYPES[arg.type], dims)
+
+
+def model_ref(name: str) -> ModelRef:
+    """The example model NAME loaded into onnxruntime (cached)."""
+    with _ORT_LOCK:
+        if name not in _REFS:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = 1
+            opts.inter_op_num_threads = 1
+            opts.log_severity_level = 3
+            sess = ort.InferenceSession(
+                str(EXAMPLES / name / "1" / "model.onnx"), opts, providers=["CPUExecutionProvider"]
+            )
+            _REFS[name] = ModelRef(
+                name, sess, [_sig(i) for i in sess.get_inputs()], [_sig(o) for o in sess.get_outputs()]
+            )
+        return _REFS[name]
+
+
+WORDS = ["cat", "dog", "bird", "fish", "", "ünïcødé", "a b", "🐍 snake", "CAT", "dog "]
+
+
+def random_tensor(rng: np.random.Generator, model: str, sig: TensorSig, rows: int) -> np.ndarray:
+    """Deterministic random data that fits SIG with `rows` in the batch dim."""
+    shape = [rows] + sig.shape[1:]
+    assert all(d >= 0 for d in shape), (model, sig)
+    dt = sig.datatype
+    if model == "multi_io" and sig.name == "index":
+        return rng.integers(0, 8, size=shape, dtype=np.int64)  # the table has 8 rows
+    if dt == "BOOL":
+        return rng.integers(0, 2, size=shape).astype(np.bool_)
+    if dt in ("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"):
+        t = NP_TYPES[dt]
+        info = np.iinfo(t)
+        return rng.integers(info.min, info.max, size=shape, dtype=t, endpoint=True)
+    if dt == "FP16":
+        return (rng.standard_normal(shape) * 100).astype(np.float16)
+    if dt == "FP32":
+        if model == "conv":
+            return rng.random(shape, dtype=np.float32)
+        return rng.standard_normal(shape).astype(np.float32)
+    if dt == "FP64":
+        return rng.standard_normal(shape) * 1e3
+    if dt == "BYTES":
+        flat = [WORDS[i] for i in rng.integers(0, len(WORDS), size=int(np.prod(shape)))]
+        return np.array(flat, dtype=np.object_).reshape(shape)
+    raise AssertionError(f"no generator for {dt}")
+
+
+def random_inputs(rng: np.random.Generator, model: str, rows: int) -> dict[str, np.ndarray]:
+    return {s.name: random_tensor(rng, model, s, rows) for s in model_ref(model).inputs}
+
+
+def _as_bytes(x) -> bytes:
+    if isinstance(x, bytes):
+        return x
+    if isinstance(x, np.bytes_):
+        return bytes(x)
+    return str(x).encode("utf-8")
+
+
+def assert_tensor(datatype: str, got, want: np.ndarray, what: str = ""):
+    """Floats: rtol 1e-5 / atol 1e-6; FP16, integers, bools and bytes: exact."""
+    assert got is not None, f"{what}: output missing from the response"
+    got = np.asarray(got)
+    assert tuple(got.shape) == tuple(want.shape), f"{what}: shape {got.shape}, expected {want.shape}"
+    if datatype == "BYTES":
+        g = [_as_bytes(x) for x in got.reshape(-1)]
+        w = [_as_bytes(x) for x in want.reshape(-1)]
+        assert g == w, f"{what}: BYTES differ\n got  {g}\n want {w}"
+        return
+    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype}, expected {want.dtype}"
+    if datatype in ("FP32", "FP64"):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=what)
+    else:
+        np.testing.assert_array_equal(got, want, err_msg=what)
+
+
+# --------------------------------------------------------------------------
+# inference bodies through tritonclient's encoder/decoder (no gevent I/O)
+
+
+def encode_infer(inputs: dict[str, np.ndarray], model: str, binary_in: bool, binary_out: bool,
+                 outputs: list[str] | None = None, request_id: str = "", parameters: dict | None = None,
+                 timeout_us: int | None = None) -> tuple[bytes, dict[str, str]]:
+    """Request body and headers, as tritonclient would send them."""
+    import tritonclient.http as httpclient
+
+    ref = model_ref(model)
+    infer_inputs = []
+    for name, arr in inputs.items():
+        i = httpclient.InferInput(name, list(arr.shape), ref.input(name).datatype)
+        i.set_data_from_numpy(arr, binary_data=binary_in)
+        infer_inputs.append(i)
+    names = outputs if outputs is not None else [o.name for o in ref.outputs]
+    requested = [httpclient.InferRequestedOutput(n, binary_data=binary_out) for n in names]
+    body, header_len = httpclient.InferenceServerClient.generate_request_body(
+        infer_inputs, outputs=requested, request_id=request_id, parameters=parameters, timeout=timeout_us
+    )
+    headers = {"Content-Type": "application/octet-stream" if header_len else "application/json"}
+    if header_len:
+        headers["Inference-Header-Content-Length"] = str(header_len)
+    return body, headers
+
+
+def decode_infer(resp: Response):
+    """A tritonclient InferResult from a raw 200 response."""
+    import tritonclient.http as httpclient
+
+    n = resp.headers.get("inference-header-content-length")
+    return httpclient.InferenceServerClient.parse_response_body(
+        resp.body, header_length=int(n) if n is not None else None
+    )
+
+
+def infer_path(model: str, version: str | None = None) -> str:
+    return f"/v2/models/{model}/versions/{version}/infer" if version else f"/v2/models/{model}/infer"
+
+
+def check_good_request(addr, model: str = "mlp", rows: int = 2, seed: int = 7, binary: bool = True):
+    """Sends one valid request and checks every output against ONNX Runtime:
+    the server still serves correctly after whatever came before."""
+    rng = np.random.default_rng(seed)
+    feeds = random_inputs(rng, model, rows)
+    body, headers = encode_infer(feeds, model, binary, binary)
+    resp = request(addr, "POST", infer_path(model), body, headers)
+    assert resp.status == 200, f"good request after an error: {resp.status} {resp.body[:500]!r}"
+    result = decode_infer(resp)
+    ref = model_ref(model)
+    want = ref.run(feeds)
+    for o in ref.outputs:
+        assert_tensor(o.datatype, result.as_numpy(o.name), want[o.name], f"{model}.{o.name}")
+
+
+# --------------------------------------------------------------------------
+# Prometheus text
+
+_SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\d+)?$")
+_LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+class Metrics(dict):
+    """{(name, ((label, value), ...)): float} from the text exposition format."""
+
+    @classmethod
+    def parse(cls, text: str) -> "Metrics":
+        m = cls()
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            match = _SAMPLE_RE.match(line)
+            assert match, f"unparseable metrics line: {line!r}"
+            name, labels, value = match.groups()
+            key = (name, tuple(sorted(_LABEL_RE.findall(labels or ""))))
+            m[key] = float(value)
+        return m
+
+    def get_value(self, name: str, **labels) -> float | None:
+        return self.get((name, tuple(sorted(labels.items()))))
+
+    def value(self, name: str, **labels) -> float:
+        """The sample NAME{labels}, 0 if absent (a counter not yet touched)."""
+        return self.get_value(name, **labels) or 0.0
+
+    def names(self) -> set[str]:
+        return {k[0] for k in self}
+
+
+def scrape(addr) -> Metrics:
+    resp = request(addr, "GET", "/metrics")
+    assert resp.status == 200, resp
+    assert resp.headers.get("content-type", "").startswith("text/plain"), resp.headers
+    return Metrics.parse(resp.body.decode())
