@@ -51,7 +51,8 @@ impl ClosedLoop {
     /// the measured window, whenever it was sent: counting by completion keeps
     /// the throughput unbiased at both edges of the window. With
     /// [`Stop::Requests`] exactly that many requests are sent after the
-    /// warm-up and all of them are counted.
+    /// warm-up and all of them are counted. Either way the run returns only
+    /// once every request in flight is answered or has timed out.
     pub async fn run(&self, requests: &[RequestSpec]) -> Result<Report, LoadError> {
         if self.concurrency == 0 {
             return Err(LoadError::Zero {

@@ -27,6 +27,8 @@ mod minimal_server;
 mod model;
 #[path = "serving/process.rs"]
 mod process;
+#[path = "serving/server_stats.rs"]
+mod server_stats;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,6 +42,7 @@ use serde_json::json;
 use cpu::{CpuMeter, CpuUse};
 use model::Bundle;
 use process::ServerProcess;
+use server_stats::{Snapshot, Window};
 
 /// Set when the benchmark re-executes itself as a reference server.
 const ROLE_ENV: &str = "FERROSERVE_BENCH_ROLE";
@@ -57,8 +60,16 @@ fn main() -> Result<()> {
     if std::env::var(ROLE_ENV).as_deref() == Ok(MINIMAL_SERVER_ROLE) {
         return minimal_server::main();
     }
-    // `cargo bench` passes `--bench`; a filter or `--list` has nothing to
-    // select here, so arguments are ignored.
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs bench
+    // targets without it, and a minute of load on every test run helps no
+    // one, so that run only says how to start the real one. Filters have
+    // nothing to select here and are ignored.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "serving benchmark skipped: run it with `cargo bench -p ferroserve --bench serving`"
+        );
+        return Ok(());
+    }
     let bench = Bench::new()?;
     bench.run()
 }
@@ -128,15 +139,15 @@ impl Bench {
         let meter = CpuMeter::start(None);
         let ort = inprocess::rows_per_second(&conv, batch, self.warmup, self.measure)?;
         let ort_cpu = meter.stop();
+        let show = |c: Option<f64>| c.map_or("?".to_string(), |c| format!("{c:.2}"));
         println!(
-            "  {} batches, {:.2} ms per batch: {:.1} rows/s",
+            "  {} batches, {:.3} ms per batch: {:.1} rows/s",
             ort.batches, ort.mean_batch_ms, ort.rows_per_second
         );
         println!(
-            "  CPU cores used by ONNX Runtime: {}",
-            ort_cpu
-                .client_cores
-                .map_or("?".into(), |c| format!("{c:.2}"))
+            "  CPU cores used: ONNX Runtime (this process) {}, other processes {}",
+            show(ort_cpu.client_cores),
+            show(ort_cpu.other_cores)
         );
 
         heading(&format!(
@@ -144,111 +155,94 @@ impl Bench {
         ));
         let spec = conv.infer_request(batch)?;
         self.check(server.addr, &spec)?;
-        let (batched, batched_cpu) = self.closed(&server, CONV_BATCHED_CONCURRENCY, &spec)?;
-        let batched_rows = batched.ok_per_second() * batch as f64;
-        print_report(&batched, Some(batched_rows), batched_cpu);
+        let batched = self.closed(&server, Some("conv"), CONV_BATCHED_CONCURRENCY, &spec)?;
+        batched.print(batch);
 
         heading(&format!(
             "(1b) ferroserve: conv, 1-row requests, concurrency {CONV_SINGLE_ROW_CONCURRENCY} (dynamic batching)"
         ));
         let spec = conv.infer_request(1)?;
         self.check(server.addr, &spec)?;
-        self.warm(server.addr, CONV_SINGLE_ROW_CONCURRENCY, &spec)?;
-        let before = self.batch_counters(server.addr, "conv")?;
-        let (single, single_cpu) = self.measured(&server, CONV_SINGLE_ROW_CONCURRENCY, &spec)?;
-        let after = self.batch_counters(server.addr, "conv")?;
-        let single_rows = single.ok_per_second();
-        let mean_batch = (after.1 > before.1).then(|| (after.0 - before.0) / (after.1 - before.1));
-        print_report(&single, Some(single_rows), single_cpu);
-        match mean_batch {
-            Some(b) => println!("  mean batch formed by the server: {b:.1} rows"),
-            None => println!(
-                "  mean batch formed by the server: unknown (no ferroserve_batch_size samples)"
-            ),
-        }
+        let single = self.closed(&server, Some("conv"), CONV_SINGLE_ROW_CONCURRENCY, &spec)?;
+        single.print(1);
 
-        // (2) mlp: serving path vs. the bare HTTP stack.
+        // (2) mlp: the serving path vs. the bare HTTP stack.
         heading(&format!(
             "(2) ferroserve: mlp, 1-row requests, concurrency {MLP_CONCURRENCY}"
         ));
         let spec = mlp.infer_request(1)?;
         let sample = self.check(server.addr, &spec)?;
-        let (mlp_report, mlp_cpu) = self.closed(&server, MLP_CONCURRENCY, &spec)?;
-        print_report(&mlp_report, None, mlp_cpu);
-        let peak = mlp_report.ok_per_second();
+        let mlp_peak = self.closed(&server, Some("mlp"), MLP_CONCURRENCY, &spec)?;
+        mlp_peak.print(1);
 
         // (3) latency at half the peak, open loop.
-        let rate = (peak / 2.0).max(1.0);
+        let rate = (mlp_peak.report.ok_per_second() / 2.0).max(1.0);
         heading(&format!(
             "(3) ferroserve: mlp, open loop at {rate:.0} req/s (half the peak), pool of {OPEN_LOOP_CONNECTIONS} connections"
         ));
-        let open_loop = |duration| {
-            OpenLoop::new(
-                server.addr,
-                rate,
-                OPEN_LOOP_CONNECTIONS,
-                Stop::Duration(duration),
-            )
-        };
-        self.rt
-            .block_on(open_loop(self.warmup).run(std::slice::from_ref(&spec)))?;
-        let meter = CpuMeter::start(Some(server.pid()));
-        let open = self
-            .rt
-            .block_on(open_loop(self.measure).run(std::slice::from_ref(&spec)))?;
-        let open_cpu = meter.stop();
-        print_report(&open, None, open_cpu);
+        let open = self.open(&server, "mlp", rate, &spec)?;
+        open.print(1);
         server.stop(Duration::from_secs(30))?;
 
         heading(&format!(
             "(2) minimal hyper server: same request, {}-byte answers, concurrency {MLP_CONCURRENCY}",
             sample.body.len()
         ));
-        let minimal = self.start_minimal_server(&sample)?;
-        self.check(minimal.addr, &spec)?;
-        let (minimal_report, minimal_cpu) = self.closed(&minimal, MLP_CONCURRENCY, &spec)?;
-        print_report(&minimal_report, None, minimal_cpu);
-        minimal.stop(Duration::from_secs(10))?;
+        let minimal_server = self.start_minimal_server(&sample)?;
+        self.check(minimal_server.addr, &spec)?;
+        let minimal = self.closed(&minimal_server, None, MLP_CONCURRENCY, &spec)?;
+        minimal.print(1);
+        minimal_server.stop(Duration::from_secs(10))?;
 
         // Summary.
+        let batched_rows = batched.rows_per_second(batch);
+        let single_rows = single.rows_per_second(1);
         let conv_a = ratio(batched_rows, ort.rows_per_second);
         let conv_b = ratio(single_rows, ort.rows_per_second);
-        let mlp_ratio = ratio(peak, minimal_report.ok_per_second());
-        let lat = open.latencies();
-        println!("\n{}", "=".repeat(96));
+        let mlp_ratio = ratio(
+            mlp_peak.report.ok_per_second(),
+            minimal.report.ok_per_second(),
+        );
+        let mean_batch = single.server.and_then(|w| w.mean_batch_rows);
+        let lat = open.report.latencies();
+        let rule = |c: &str| println!("{}", c.repeat(98));
+        println!();
+        rule("=");
         println!(
-            "{:<46} {:>12} {:>12} {:>8} {:>8}",
+            "{:<48} {:>12} {:>12} {:>8} {:>8}",
             "measurement", "ferroserve", "reference", "ratio", "target"
         );
-        println!("{}", "-".repeat(96));
+        rule("-");
         let row = |what: &str, ours: f64, reference: f64, r: f64, target: f64| {
-            println!(
-                "{what:<46} {ours:>12.1} {reference:>12.1} {r:>8.3} {:>8}",
-                format!("{}{target}", if r >= target { ">=" } else { "MISS " })
-            );
+            let verdict = if r >= target { ">=" } else { "MISS " };
+            println!("{what:<48} {ours:>12.1} {reference:>12.1} {r:>8.3} {verdict:>5}{target}");
         };
         row(
-            &format!("conv rows/s, {batch}-row reqs, c={CONV_BATCHED_CONCURRENCY} vs ORT b{batch}"),
+            &format!(
+                "conv rows/s, {batch}-row reqs, c={CONV_BATCHED_CONCURRENCY} / ORT batch {batch}"
+            ),
             batched_rows,
             ort.rows_per_second,
             conv_a,
             CONV_TARGET,
         );
         row(
-            &format!("conv rows/s, 1-row reqs, c={CONV_SINGLE_ROW_CONCURRENCY} vs ORT b{batch}"),
+            &format!(
+                "conv rows/s, 1-row reqs, c={CONV_SINGLE_ROW_CONCURRENCY} / ORT batch {batch}"
+            ),
             single_rows,
             ort.rows_per_second,
             conv_b,
             CONV_TARGET,
         );
         row(
-            &format!("mlp req/s, 1-row reqs, c={MLP_CONCURRENCY} vs minimal hyper"),
-            peak,
-            minimal_report.ok_per_second(),
+            &format!("mlp req/s, 1-row reqs, c={MLP_CONCURRENCY} / minimal hyper"),
+            mlp_peak.report.ok_per_second(),
+            minimal.report.ok_per_second(),
             mlp_ratio,
             MLP_TARGET,
         );
-        println!("{}", "-".repeat(96));
+        rule("-");
         if let Some(b) = mean_batch {
             println!("conv mean batch formed from 1-row requests: {b:.1} rows");
         }
@@ -258,75 +252,139 @@ impl Bench {
             ms(lat.p99),
             ms(lat.p999),
             ms(lat.max),
-            open.error_count()
+            open.report.error_count()
         );
         println!("ferroserve idle VmRSS: {:.1} MiB", mib(idle_rss));
-        let errors = batched.error_count()
-            + single.error_count()
-            + mlp_report.error_count()
-            + open.error_count();
+        let errors: u64 = [&batched, &single, &mlp_peak, &open]
+            .iter()
+            .map(|m| m.report.error_count())
+            .sum();
         if errors > 0 {
             println!("WARNING: {errors} ferroserve requests failed; see the reports above");
         }
-        println!("{}", "=".repeat(96));
+        rule("=");
 
         let summary = json!({
             "bench": "serving",
             "cores": cores,
             "measure_s": self.measure.as_secs_f64(),
             "idle_rss_bytes": idle_rss,
+            "ort_inprocess": {
+                "batch": batch,
+                "intra_op_threads": conv.intra_op_threads,
+                "rows_per_s": ort.rows_per_second,
+                "ms_per_batch": ort.mean_batch_ms,
+                "cores": ort_cpu.client_cores,
+                "other_cores": ort_cpu.other_cores,
+            },
             "conv_batched": {
                 "rows_per_request": batch,
                 "concurrency": CONV_BATCHED_CONCURRENCY,
                 "ferroserve_rows_per_s": batched_rows,
                 "ort_inprocess_rows_per_s": ort.rows_per_second,
-                "ort_inprocess_cores": ort_cpu.client_cores,
-                "cpu": cpu_json(batched_cpu),
                 "ratio": conv_a,
                 "target": CONV_TARGET,
-                "p50_ms": ms(batched.latencies().p50),
-                "p99_ms": ms(batched.latencies().p99),
-                "errors": batched.error_count(),
+                "run": batched.json(),
             },
             "conv_single_row": {
                 "rows_per_request": 1,
                 "concurrency": CONV_SINGLE_ROW_CONCURRENCY,
                 "ferroserve_rows_per_s": single_rows,
                 "ort_inprocess_rows_per_s": ort.rows_per_second,
-                "cpu": cpu_json(single_cpu),
                 "ratio": conv_b,
                 "target": CONV_TARGET,
                 "mean_batch_rows": mean_batch,
-                "p50_ms": ms(single.latencies().p50),
-                "p99_ms": ms(single.latencies().p99),
-                "errors": single.error_count(),
+                "run": single.json(),
             },
             "mlp_overhead": {
                 "concurrency": MLP_CONCURRENCY,
-                "ferroserve_req_per_s": peak,
-                "minimal_hyper_req_per_s": minimal_report.ok_per_second(),
                 "response_bytes": sample.body.len(),
-                "cpu": cpu_json(mlp_cpu),
-                "minimal_hyper_cpu": cpu_json(minimal_cpu),
+                "ferroserve_req_per_s": mlp_peak.report.ok_per_second(),
+                "minimal_hyper_req_per_s": minimal.report.ok_per_second(),
                 "ratio": mlp_ratio,
                 "target": MLP_TARGET,
-                "errors": mlp_report.error_count(),
+                "run": mlp_peak.json(),
+                "minimal_run": minimal.json(),
             },
             "mlp_latency": {
                 "rate_req_per_s": rate,
                 "connections": OPEN_LOOP_CONNECTIONS,
                 "p50_ms": ms(lat.p50),
-                "p90_ms": ms(lat.p90),
                 "p99_ms": ms(lat.p99),
-                "p999_ms": ms(lat.p999),
-                "max_ms": ms(lat.max),
-                "achieved_req_per_s": open.ok_per_second(),
-                "cpu": cpu_json(open_cpu),
-                "errors": open.error_count(),
+                "run": open.json(),
             },
         });
         println!("{summary}");
         Ok(())
+    }
+
+    /// A closed-loop warm-up, then the measured run with the CPU both sides
+    /// used and, for ferroserve, its own counters over the measured run.
+    fn closed(
+        &self,
+        server: &ServerProcess,
+        model: Option<&str>,
+        concurrency: usize,
+        spec: &RequestSpec,
+    ) -> Result<Measured> {
+        let specs = std::slice::from_ref(spec);
+        let run = |length| ClosedLoop::new(server.addr, concurrency, Stop::Duration(length));
+        // Not measured: connections, caches, ONNX Runtime's lazy allocations
+        // and the allocator's pools settle before anything counts.
+        self.rt.block_on(run(self.warmup).run(specs))?;
+        self.measure_run(server, model, run(self.measure).run(specs))
+    }
+
+    /// An open-loop warm-up at the same rate, then the measured run.
+    fn open(
+        &self,
+        server: &ServerProcess,
+        model: &str,
+        rate: f64,
+        spec: &RequestSpec,
+    ) -> Result<Measured> {
+        let specs = std::slice::from_ref(spec);
+        let run = |length| {
+            OpenLoop::new(
+                server.addr,
+                rate,
+                OPEN_LOOP_CONNECTIONS,
+                Stop::Duration(length),
+            )
+        };
+        self.rt.block_on(run(self.warmup).run(specs))?;
+        self.measure_run(server, Some(model), run(self.measure).run(specs))
+    }
+
+    fn measure_run(
+        &self,
+        server: &ServerProcess,
+        model: Option<&str>,
+        load: impl std::future::Future<Output = Result<Report, ferroserve_loadtest::LoadError>>,
+    ) -> Result<Measured> {
+        let before = model
+            .map(|m| self.server_stats(server.addr, m))
+            .transpose()?;
+        let meter = CpuMeter::start(Some(server.pid()));
+        let report = self.rt.block_on(load)?;
+        let cpu = meter.stop();
+        let window = match (model, before) {
+            (Some(m), Some(before)) => Some(self.server_stats(server.addr, m)?.since(&before)),
+            _ => None,
+        };
+        Ok(Measured {
+            report,
+            cpu,
+            server: window,
+        })
+    }
+
+    fn server_stats(&self, addr: SocketAddr, model: &str) -> Result<Snapshot> {
+        let answer = self.check(addr, &RequestSpec::get("/metrics"))?;
+        Ok(Snapshot::parse(
+            &String::from_utf8_lossy(&answer.body),
+            model,
+        ))
     }
 
     fn start_ferroserve(&self) -> Result<ServerProcess> {
@@ -384,69 +442,74 @@ impl Bench {
         }
         Ok(answer)
     }
+}
 
-    /// A closed-loop warm-up, then the measured run.
-    fn closed(
-        &self,
-        server: &ServerProcess,
-        concurrency: usize,
-        spec: &RequestSpec,
-    ) -> Result<(Report, CpuUse)> {
-        self.warm(server.addr, concurrency, spec)?;
-        self.measured(server, concurrency, spec)
+/// One measured run: what the clients saw, the CPU both sides used and,
+/// for ferroserve, what its own counters say about the same window.
+struct Measured {
+    report: Report,
+    cpu: CpuUse,
+    server: Option<Window>,
+}
+
+impl Measured {
+    fn rows_per_second(&self, rows_per_request: usize) -> f64 {
+        self.report.ok_per_second() * rows_per_request as f64
     }
 
-    /// Load that is not measured: connections, caches, ONNX Runtime's lazy
-    /// allocations and the allocator's pools settle before anything counts.
-    fn warm(&self, addr: SocketAddr, concurrency: usize, spec: &RequestSpec) -> Result<Report> {
-        Ok(self.rt.block_on(
-            ClosedLoop::new(addr, concurrency, Stop::Duration(self.warmup))
-                .run(std::slice::from_ref(spec)),
-        )?)
+    fn print(&self, rows_per_request: usize) {
+        for line in self.report.to_string().lines() {
+            println!("  {line}");
+        }
+        if rows_per_request > 1 {
+            println!("  {:.1} rows/s", self.rows_per_second(rows_per_request));
+        }
+        println!("  {}", self.cpu);
+        if let Some(window) = &self.server {
+            println!("  {window}");
+        }
     }
 
-    /// The measured closed-loop run, with the CPU both sides used.
-    fn measured(
-        &self,
-        server: &ServerProcess,
-        concurrency: usize,
-        spec: &RequestSpec,
-    ) -> Result<(Report, CpuUse)> {
-        let meter = CpuMeter::start(Some(server.pid()));
-        let report = self.rt.block_on(
-            ClosedLoop::new(server.addr, concurrency, Stop::Duration(self.measure))
-                .run(std::slice::from_ref(spec)),
-        )?;
-        Ok((report, meter.stop()))
-    }
-
-    /// (sum, count) of the rows per batch the server ran for `model`.
-    fn batch_counters(&self, addr: SocketAddr, model: &str) -> Result<(f64, f64)> {
-        let answer = self.check(addr, &RequestSpec::get("/metrics"))?;
-        let text = String::from_utf8_lossy(&answer.body);
-        Ok((
-            model::metric_sum(&text, "ferroserve_batch_size_sum", model).unwrap_or(0.0),
-            model::metric_sum(&text, "ferroserve_batch_size_count", model).unwrap_or(0.0),
-        ))
+    fn json(&self) -> serde_json::Value {
+        let r = &self.report;
+        let l = r.latencies();
+        let w = self.server.unwrap_or_default();
+        let errors: serde_json::Map<String, serde_json::Value> = r
+            .errors
+            .iter()
+            .map(|(k, n)| (k.to_string(), json!(n)))
+            .collect();
+        json!({
+            "requests": r.requests,
+            "ok": r.ok,
+            "errors": errors,
+            "elapsed_s": r.elapsed.as_secs_f64(),
+            "ok_per_s": r.ok_per_second(),
+            "latency_ms": {
+                "p50": ms(l.p50),
+                "p90": ms(l.p90),
+                "p99": ms(l.p99),
+                "p999": ms(l.p999),
+                "max": ms(l.max),
+            },
+            "load_generator_cores": self.cpu.client_cores,
+            "server_cores": self.cpu.server_cores,
+            "other_cores": self.cpu.other_cores,
+            "steal_cores": self.cpu.steal_cores,
+            "server": self.server.map(|_| json!({
+                "mean_batch_rows": w.mean_batch_rows,
+                "batches_per_s": w.batches_per_second,
+                "mean_compute_ms": w.mean_compute_ms,
+                "backend_busy": w.backend_busy,
+                "mean_queue_ms": w.mean_queue_ms,
+                "mean_request_ms": w.mean_request_ms,
+            })),
+        })
     }
 }
 
 fn heading(text: &str) {
     println!("\n{text}");
-}
-
-fn print_report(report: &Report, rows_per_second: Option<f64>, cpu: CpuUse) {
-    for line in report.to_string().lines() {
-        println!("  {line}");
-    }
-    if let Some(rows) = rows_per_second {
-        println!("  {rows:.1} rows/s");
-    }
-    println!("  {cpu}");
-}
-
-fn cpu_json(cpu: CpuUse) -> serde_json::Value {
-    json!({"load_generator_cores": cpu.client_cores, "server_cores": cpu.server_cores})
 }
 
 fn ratio(ours: f64, reference: f64) -> f64 {

@@ -118,6 +118,48 @@ impl Metrics {
     }
 }
 
+/// One model version's series, resolved once at load time so the request
+/// path does no label hashing or registry locking.
+pub struct ModelMetrics {
+    pub success: prometheus::IntCounter,
+    pub request_duration: prometheus::Histogram,
+    pub queue_duration: prometheus::Histogram,
+    pub compute_duration: prometheus::Histogram,
+    pub batch_rows: prometheus::Histogram,
+    pub queue_depth: prometheus::IntGauge,
+    pub inflight: prometheus::IntGauge,
+    /// For the rare failure outcomes, looked up when they happen.
+    requests: IntCounterVec,
+    labels: [String; 2],
+}
+
+impl ModelMetrics {
+    pub fn failure(&self, outcome: &str) {
+        self.requests
+            .with_label_values(&[self.labels[0].as_str(), self.labels[1].as_str(), outcome])
+            .inc();
+    }
+}
+
+impl Metrics {
+    pub fn for_model(&self, model: &str, version: &str) -> ModelMetrics {
+        let mv = [model, version];
+        ModelMetrics {
+            success: self
+                .requests
+                .with_label_values(&[model, version, "success"]),
+            request_duration: self.request_duration.with_label_values(&mv),
+            queue_duration: self.queue_duration.with_label_values(&mv),
+            compute_duration: self.compute_duration.with_label_values(&mv),
+            batch_rows: self.batch_rows.with_label_values(&mv),
+            queue_depth: self.queue_depth.with_label_values(&mv),
+            inflight: self.inflight.with_label_values(&[model]),
+            requests: self.requests.clone(),
+            labels: [model.to_string(), version.to_string()],
+        }
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()

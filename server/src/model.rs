@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use crate::infer::{InferError, InferOutput};
 use crate::manifest::{BackendKind, Manifest, ManifestError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ModelMetrics};
 use crate::scheduler::{BatchPolicy, Job, Scheduler};
 use crate::validate;
 
@@ -33,6 +33,7 @@ pub struct Model {
     pub version_label: String,
     pub manifest: Manifest,
     pub signature: Signature,
+    pub metrics: ModelMetrics,
     scheduler: Scheduler,
 }
 
@@ -64,6 +65,7 @@ impl Model {
         }
         let signature = manifest.reconcile(backends[0].signature())?;
         let version_label = version.to_string();
+        let model_metrics = metrics.for_model(&manifest.name, &version_label);
         let b = &manifest.batching;
         let scheduler = Scheduler::start(
             &manifest.name,
@@ -88,6 +90,7 @@ impl Model {
             version_label,
             signature,
             manifest,
+            metrics: model_metrics,
             scheduler,
         })
     }

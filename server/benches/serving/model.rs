@@ -163,21 +163,3 @@ fn newest_version(model_dir: &Path) -> Result<PathBuf> {
             )
         })
 }
-
-/// Sums a Prometheus sample over all versions of `model`, e.g.
-/// `ferroserve_batch_size_sum{model="conv",version="1"} 1234`.
-pub fn metric_sum(exposition: &str, metric: &str, model: &str) -> Option<f64> {
-    let label = format!("model=\"{model}\"");
-    let mut found = None;
-    for line in exposition.lines() {
-        let Some(rest) = line.strip_prefix(metric) else {
-            continue;
-        };
-        if !rest.starts_with('{') || !rest.contains(&label) {
-            continue;
-        }
-        let value: f64 = rest.rsplit(' ').next()?.parse().ok()?;
-        *found.get_or_insert(0.0) += value;
-    }
-    found
-}

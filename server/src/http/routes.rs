@@ -116,11 +116,7 @@ fn model_metadata(model: &Model) -> Response<Body> {
 
 fn metrics(state: &AppState) -> Response<Body> {
     for m in state.models.all() {
-        state
-            .metrics
-            .queue_depth
-            .with_label_values(&[&m.name, &m.version_label])
-            .set(m.queue_depth() as i64);
+        m.metrics.queue_depth.set(m.queue_depth() as i64);
     }
     let mut r = Response::new(Body::new(Bytes::from(state.metrics.render())));
     r.headers_mut().insert(
@@ -143,9 +139,9 @@ fn method_not_allowed(method: &Method, path: &str) -> Response<Body> {
 
 /// Decrements the in-flight gauge however the request ends, including when
 /// the client disconnects and the handler future is dropped.
-struct InflightGuard(prometheus::IntGauge);
+struct InflightGuard<'a>(&'a prometheus::IntGauge);
 
-impl Drop for InflightGuard {
+impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
         self.0.dec();
     }
@@ -162,25 +158,15 @@ async fn infer(
         Ok(m) => m,
         Err(e) => return reply::infer_error(&e),
     };
-    let inflight = state.metrics.inflight.with_label_values(&[&model.name]);
-    inflight.inc();
-    let _guard = InflightGuard(inflight);
+    let m = &model.metrics;
+    m.inflight.inc();
+    let _guard = InflightGuard(&m.inflight);
     let result = run_infer(state, &model, req).await;
-    let outcome = match &result {
-        Ok(_) => "success",
-        Err(e) => e.outcome(),
-    };
-    let labels = [model.name.as_str(), model.version_label.as_str()];
-    state
-        .metrics
-        .requests
-        .with_label_values(&[labels[0], labels[1], outcome])
-        .inc();
-    state
-        .metrics
-        .request_duration
-        .with_label_values(&labels)
-        .observe(started.elapsed().as_secs_f64());
+    match &result {
+        Ok(_) => m.success.inc(),
+        Err(e) => m.failure(e.outcome()),
+    }
+    m.request_duration.observe(started.elapsed().as_secs_f64());
     match result {
         Ok(r) => r,
         Err(e) => {
@@ -236,16 +222,13 @@ async fn run_infer(
             )))
         }
     };
-    let labels = [model.name.as_str(), model.version_label.as_str()];
-    state
+    model
         .metrics
         .queue_duration
-        .with_label_values(&labels)
         .observe(output.queue_time.as_secs_f64());
-    state
+    model
         .metrics
         .compute_duration
-        .with_label_values(&labels)
         .observe(output.compute_time.as_secs_f64());
     let encoded = codec::encode_response(ResponseParts {
         model_name: &model.name,
