@@ -392,7 +392,14 @@ impl Bench {
         cmd.current_dir(&self.workspace)
             .args(["serve", "--repo"])
             .arg(&self.repo)
-            .args(["--host", "127.0.0.1", "--http-port", "0"])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--http-port",
+                "0",
+                "--grpc-port",
+                "0",
+            ])
             .env("RUST_LOG", "warn,ferroserve=info");
         let server = ServerProcess::start("ferroserve", cmd, Duration::from_secs(120))?;
         let ready = self.rt.block_on(async {

@@ -4,8 +4,10 @@
 //! [`validate`] checks it against the signature, [`scheduler`] batches it onto
 //! a backend instance thread, and the answer goes back the same way.
 
+pub mod grpc;
 pub mod http;
 pub mod infer;
+pub mod listener;
 pub mod manifest;
 pub mod metrics;
 pub mod model;

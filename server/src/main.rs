@@ -9,11 +9,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use ferroserve::grpc::GrpcLimits;
 use ferroserve::http::{AppState, HttpLimits};
+use ferroserve::listener::{self, ConnOptions};
 use ferroserve::metrics::Metrics;
 use ferroserve::model::Model;
 use ferroserve::models::ModelTable;
 use ferroserve::{repository, runtime};
+use hyper_util::service::TowerToHyperService;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -31,7 +34,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the newest version of every bundle in a repository and serve them over HTTP.
+    /// Load the newest version of every bundle in a repository and serve them over HTTP and gRPC.
     ///
     /// The repository is a folder laid out as REPO/NAME/VERSION/bundle.toml; each model
     /// is reachable as /v2/models/NAME (and /v2/models/NAME/versions/VERSION).
@@ -49,6 +52,12 @@ struct ServeArgs {
     /// HTTP port; 0 picks a free port (the ready log line names it).
     #[arg(long, default_value_t = 8000)]
     http_port: u16,
+    /// gRPC port (inference.GRPCInferenceService); 0 picks a free port.
+    #[arg(long, default_value_t = 8001)]
+    grpc_port: u16,
+    /// Largest gRPC message accepted or sent, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_grpc_message_bytes: usize,
     /// Largest request body accepted, in bytes; larger bodies get 413.
     #[arg(long, default_value_t = 64 << 20)]
     max_body_bytes: usize,
@@ -105,28 +114,52 @@ fn serve(args: ServeArgs) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let addr: SocketAddr = format!("{}:{}", args.host, args.http_port)
-            .parse()
-            .with_context(|| {
-                format!(
-                    "--host {:?} and --http-port do not form an address",
-                    args.host
-                )
-            })?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        let local = listener.local_addr()?;
+        let bind = |port: u16, flag: &'static str| {
+            let host = args.host.clone();
+            async move {
+                let addr: SocketAddr = format!("{host}:{port}").parse().with_context(|| {
+                    format!("--host {host:?} and {flag} {port} do not form an address")
+                })?;
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} ({flag})"))
+            }
+        };
+        let http = bind(args.http_port, "--http-port").await?;
+        let grpc = bind(args.grpc_port, "--grpc-port").await?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
         state.ready.store(true, Ordering::Release);
-        tracing::info!("HTTP server listening on {local}");
+        tracing::info!("HTTP server listening on {}", http.local_addr()?);
+        tracing::info!("gRPC server listening on {}", grpc.local_addr()?);
         let grace = Duration::from_secs(args.shutdown_grace_s);
-        ferroserve::http::serve(
-            listener,
+        let grpc_service = ferroserve::grpc::service(
             Arc::clone(&state),
-            shutdown_signal(Arc::clone(&state)),
-            grace,
-        )
-        .await?;
+            &GrpcLimits {
+                max_message_bytes: args.max_grpc_message_bytes,
+            },
+        );
+        let grpc_opts = ConnOptions::default();
+        let signal = shutdown_signal(Arc::clone(&state));
+        tokio::join!(
+            ferroserve::http::serve(http, Arc::clone(&state), stopped(), grace),
+            listener::serve(
+                grpc,
+                TowerToHyperService::new(grpc_service),
+                &grpc_opts,
+                stopped(),
+                grace
+            ),
+            async move {
+                signal.await;
+                let _ = stop_tx.send(true);
+            }
+        );
         anyhow::Ok(())
     })?;
     state.models.clear();

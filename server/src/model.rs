@@ -123,6 +123,52 @@ impl Model {
         Ok((rx, deadline))
     }
 
+    /// Runs one request through the batcher and waits for its answer, at
+    /// most until its deadline. Shared by every front end, so queue and
+    /// compute time are recorded the same way whichever protocol asked.
+    pub async fn infer(
+        &self,
+        named: Vec<(String, Tensor)>,
+        timeout: Option<Duration>,
+    ) -> Result<InferOutput, InferError> {
+        let (rx, deadline) = self.submit(named, timeout)?;
+        let output = match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(_)) => {
+                return Err(InferError::Backend(
+                    "the model's worker stopped before answering".into(),
+                ))
+            }
+            Err(_) => {
+                let limit = timeout.map_or(self.manifest.batching.timeout(), |t| {
+                    t.min(self.manifest.batching.timeout())
+                });
+                return Err(InferError::Timeout(format!(
+                    "request timed out after {} ms",
+                    limit.as_millis()
+                )));
+            }
+        };
+        self.metrics
+            .queue_duration
+            .observe(output.queue_time.as_secs_f64());
+        self.metrics
+            .compute_duration
+            .observe(output.compute_time.as_secs_f64());
+        Ok(output)
+    }
+
+    /// Counts a finished request by outcome and records its total time.
+    pub fn record<T>(&self, result: &Result<T, InferError>, started: Instant) {
+        match result {
+            Ok(_) => self.metrics.success.inc(),
+            Err(e) => self.metrics.failure(e.outcome()),
+        }
+        self.metrics
+            .request_duration
+            .observe(started.elapsed().as_secs_f64());
+    }
+
     pub fn queue_depth(&self) -> usize {
         self.scheduler.queue_depth()
     }

@@ -120,7 +120,7 @@ class Server:
         self.binary = server_binary()
         self.cmd = [
             str(self.binary), "serve", "--repo", str(self.repo),
-            "--host", "127.0.0.1", "--http-port", "0", *extra_args,
+            "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", *extra_args,
         ]
         env = dict(os.environ)
         env.setdefault("NO_COLOR", "1")

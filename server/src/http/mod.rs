@@ -7,21 +7,20 @@ mod reply;
 mod routes;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+
+use crate::listener::{self, ConnOptions};
 
 use crate::metrics::Metrics;
 use crate::models::ModelTable;
 
-pub use codec::{decode_request, InferRequest};
+pub use codec::{decode_request, select_outputs, InferRequest, RequestedOutput};
+pub use routes::EXTENSIONS;
 
 /// Limits applied to every HTTP request.
 #[derive(Debug, Clone)]
@@ -57,58 +56,17 @@ impl AppState {
     }
 }
 
-/// Accepts connections until `shutdown` resolves, then stops accepting, lets
-/// in-flight requests finish (up to `grace`) and returns.
+/// Serves the HTTP front end on `listener` until `shutdown` resolves, then
+/// drains in-flight requests for up to `grace`.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
-) -> std::io::Result<()> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .keep_alive(true)
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.limits.header_read_timeout);
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer): (_, SocketAddr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    // Running out of file descriptors must not kill the server.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let state = Arc::clone(&state);
-        let builder = Arc::clone(&builder);
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| routes::handle(Arc::clone(&state), req));
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    state.ready.store(false, Ordering::Release);
-    drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            grace_s = grace.as_secs_f64(),
-            "connections still open after the grace period; closing them"
-        );
-    }
-    Ok(())
+) {
+    let opts = ConnOptions {
+        header_read_timeout: state.limits.header_read_timeout,
+    };
+    let service = service_fn(move |req| routes::handle(Arc::clone(&state), req));
+    listener::serve(listener, service, &opts, shutdown, grace).await;
 }

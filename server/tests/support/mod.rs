@@ -40,6 +40,7 @@ pub fn copy_example(name: &str, repo: &Path) -> PathBuf {
 
 pub struct Server {
     pub addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
     pub child: Child,
     pub log: Arc<Mutex<String>>,
 }
@@ -49,7 +50,14 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferroserve"))
             .args(["serve", "--repo"])
             .arg(repo)
-            .args(["--host", "127.0.0.1", "--http-port", "0"])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--http-port",
+                "0",
+                "--grpc-port",
+                "0",
+            ])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -61,12 +69,23 @@ impl Server {
         let (tx, rx) = std::sync::mpsc::channel();
         let log2 = Arc::clone(&log);
         std::thread::spawn(move || {
+            let mut http = None;
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(i) = line.find("listening on ") {
-                    let addr: SocketAddr = line[i + 13..].trim().parse().unwrap();
+                let addr_after = |marker: &str| {
+                    line.find(marker).map(|i| {
+                        line[i + marker.len()..]
+                            .trim()
+                            .parse::<SocketAddr>()
+                            .unwrap()
+                    })
+                };
+                if let Some(a) = addr_after("HTTP server listening on ") {
+                    http = Some(a);
+                }
+                if let (Some(h), Some(g)) = (http, addr_after("gRPC server listening on ")) {
                     if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr);
+                        let _ = tx.send((h, g));
                     }
                 }
                 let mut l = log2.lock().unwrap();
@@ -74,14 +93,19 @@ impl Server {
                 l.push('\n');
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
+        let (addr, grpc_addr) = match rx.recv_timeout(Duration::from_secs(120)) {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
                 panic!("server did not become ready; log:\n{}", log.lock().unwrap());
             }
         };
-        Server { addr, child, log }
+        Server {
+            addr,
+            grpc_addr,
+            child,
+            log,
+        }
     }
 
     pub fn request(
@@ -122,7 +146,14 @@ pub fn start_failure(repo: &Path, envs: &[(&str, &str)]) -> (std::process::ExitS
     let out = Command::new(env!("CARGO_BIN_EXE_ferroserve"))
         .args(["serve", "--repo"])
         .arg(repo)
-        .args(["--host", "127.0.0.1", "--http-port", "0"])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+        ])
         .envs(envs.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -1,0 +1,278 @@
+//! The `inference.GRPCInferenceService` implementation.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::{self, GrpcRequest};
+use super::proto::grpc_inference_service_server::{
+    GrpcInferenceService, GrpcInferenceServiceServer,
+};
+use super::proto::model_infer_response::InferOutputTensor;
+use super::proto::model_metadata_response::TensorMetadata;
+use super::proto::*;
+use crate::http::{select_outputs, AppState, EXTENSIONS};
+use crate::infer::InferError;
+
+/// Size limits of the gRPC front end.
+#[derive(Debug, Clone)]
+pub struct GrpcLimits {
+    /// Largest message accepted or sent; a larger one is refused with
+    /// RESOURCE_EXHAUSTED before it is decoded.
+    pub max_message_bytes: usize,
+}
+
+impl Default for GrpcLimits {
+    fn default() -> Self {
+        GrpcLimits {
+            max_message_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Requests of one stream that may be in flight at once; a client that sends
+/// faster waits (HTTP/2 flow control) instead of growing the server's memory.
+const STREAM_INFLIGHT: usize = 64;
+
+#[derive(Clone)]
+pub struct Grpc {
+    state: Arc<AppState>,
+}
+
+pub fn service(state: Arc<AppState>, limits: &GrpcLimits) -> GrpcInferenceServiceServer<Grpc> {
+    GrpcInferenceServiceServer::new(Grpc { state })
+        .max_decoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(limits.max_message_bytes)
+}
+
+pub fn status_of(e: &InferError) -> Status {
+    let msg = e.to_string();
+    match e {
+        InferError::NotFound(_) => Status::not_found(msg),
+        InferError::InvalidInput(_) => Status::invalid_argument(msg),
+        InferError::PayloadTooLarge(_) | InferError::QueueFull(_) => {
+            Status::resource_exhausted(msg)
+        }
+        InferError::Timeout(_) => Status::deadline_exceeded(msg),
+        InferError::Backend(_) => Status::internal(msg),
+        InferError::Unavailable(_) => Status::unavailable(msg),
+    }
+}
+
+/// The client's deadline from the `grpc-timeout` header ("<digits><unit>").
+fn grpc_timeout(meta: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = meta.get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+impl Grpc {
+    async fn infer(
+        &self,
+        msg: ModelInferRequest,
+        deadline: Option<Duration>,
+    ) -> Result<ModelInferResponse, InferError> {
+        let started = Instant::now();
+        let model = self
+            .state
+            .models
+            .get(&msg.model_name, non_empty(&msg.model_version))?;
+        let result = async {
+            let GrpcRequest {
+                request,
+                parameters,
+                ..
+            } = convert::decode_request(msg)?;
+            let selected = select_outputs(&model.signature, &request.outputs, true)?;
+            let timeout = match (request.timeout, deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let output = model.infer(request.inputs, timeout).await?;
+            let mut outputs = Vec::with_capacity(selected.len());
+            let mut raw = Vec::with_capacity(selected.len());
+            for &(i, _) in &selected {
+                let t = &output.outputs[i];
+                outputs.push(InferOutputTensor {
+                    name: model.signature.outputs[i].name.clone(),
+                    datatype: t.dtype.as_str().to_string(),
+                    shape: t.shape.clone(),
+                    parameters: HashMap::new(),
+                    contents: None,
+                });
+                raw.push(t.data.clone());
+            }
+            Ok(ModelInferResponse {
+                model_name: model.name.clone(),
+                model_version: model.version_label.clone(),
+                id: request.id.unwrap_or_default(),
+                parameters,
+                outputs,
+                raw_output_contents: raw,
+            })
+        }
+        .await;
+        model.record(&result, started);
+        result
+    }
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Grpc {
+    async fn server_live(
+        &self,
+        _: Request<ServerLiveRequest>,
+    ) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<ServerReadyRequest>,
+    ) -> Result<Response<ServerReadyResponse>, Status> {
+        Ok(Response::new(ServerReadyResponse {
+            ready: self.state.is_ready(),
+        }))
+    }
+
+    async fn model_ready(
+        &self,
+        req: Request<ModelReadyRequest>,
+    ) -> Result<Response<ModelReadyResponse>, Status> {
+        let r = req.into_inner();
+        self.state
+            .models
+            .get(&r.name, non_empty(&r.version))
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(ModelReadyResponse {
+            ready: self.state.is_ready(),
+        }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: "ferroserve".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        req: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
+        let r = req.into_inner();
+        let model = self
+            .state
+            .models
+            .get(&r.name, non_empty(&r.version))
+            .map_err(|e| status_of(&e))?;
+        let tensors = |list: &[ferroserve_backend_core::TensorSpec]| {
+            list.iter()
+                .map(|t| TensorMetadata {
+                    name: t.name.clone(),
+                    datatype: t.dtype.as_str().into(),
+                    shape: t.shape.clone(),
+                })
+                .collect()
+        };
+        Ok(Response::new(ModelMetadataResponse {
+            name: model.name.clone(),
+            versions: vec![model.version_label.clone()],
+            platform: "onnxruntime_onnx".into(),
+            inputs: tensors(&model.signature.inputs),
+            outputs: tensors(&model.signature.outputs),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        req: Request<ModelInferRequest>,
+    ) -> Result<Response<ModelInferResponse>, Status> {
+        let deadline = grpc_timeout(req.metadata());
+        self.infer(req.into_inner(), deadline)
+            .await
+            .map(Response::new)
+            .map_err(|e| status_of(&e))
+    }
+
+    type ModelStreamInferStream = ResponseStream;
+
+    /// Requests of a stream run concurrently (up to a bound) and are
+    /// answered in the order they arrived; a failed request is answered with
+    /// its error message and the stream goes on, as Triton does.
+    async fn model_stream_infer(
+        &self,
+        req: Request<Streaming<ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let deadline = grpc_timeout(req.metadata());
+        let mut inbound = req.into_inner();
+        let (pending_tx, mut pending_rx) = mpsc::channel(STREAM_INFLIGHT);
+        let (out_tx, out_rx) = mpsc::channel(STREAM_INFLIGHT);
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(msg)) => {
+                        let this = this.clone();
+                        let task = tokio::spawn(async move { this.infer(msg, deadline).await });
+                        if pending_tx.send(task).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(status) => {
+                        tracing::debug!(%status, "inference stream ended with an error");
+                        return;
+                    }
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(task) = pending_rx.recv().await {
+                let answer = match task.await {
+                    Ok(Ok(response)) => ModelStreamInferResponse {
+                        error_message: String::new(),
+                        infer_response: Some(response),
+                    },
+                    Ok(Err(e)) => ModelStreamInferResponse {
+                        error_message: e.to_string(),
+                        infer_response: None,
+                    },
+                    Err(_) => ModelStreamInferResponse {
+                        error_message: "the request's task failed".into(),
+                        infer_response: None,
+                    },
+                };
+                if out_tx.send(Ok(answer)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+}
