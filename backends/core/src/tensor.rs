@@ -50,7 +50,8 @@ impl Tensor {
         let count = element_count(&shape)?;
         match dtype.element_size() {
             Some(size) => {
-                let expected = count * size;
+                // A shape too large to address can never match the data.
+                let expected = count.checked_mul(size).unwrap_or(usize::MAX);
                 if data.len() != expected {
                     return Err(TensorError::ByteLength {
                         dtype,

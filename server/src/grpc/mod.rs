@@ -9,4 +9,5 @@ pub mod proto {
     tonic::include_proto!("inference");
 }
 
+pub use convert::{decode_request, GrpcRequest};
 pub use service::{service, GrpcLimits};

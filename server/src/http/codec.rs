@@ -138,9 +138,11 @@ pub fn decode_request(body: Bytes, header_len: Option<usize>) -> Result<InferReq
                 binary.split_to(size)
             }
             (None, Some(raw)) => {
+                // Every JSON element takes at least two bytes ("1,"), so the
+                // text bounds the allocation, not a shape the client made up.
                 let hint = count
-                    .saturating_mul(dtype.element_size().unwrap_or(8))
-                    .min(64 << 20);
+                    .min(raw.get().len() / 2 + 1)
+                    .saturating_mul(dtype.element_size().unwrap_or(8));
                 let mut sink = Sink::new(dtype, hint);
                 let mut de = serde_json::Deserializer::from_str(raw.get());
                 Flatten(&mut sink)
