@@ -5,7 +5,8 @@ Run from the repository root:
 
     .venv/bin/python examples/generate.py [--out examples/models]
 
-Every bundle is written as OUT/NAME/1/{model.onnx,bundle.toml,sample.json}.
+Every bundle is written as OUT/NAME/1/{model.onnx,bundle.toml,sample.json},
+plus a labels file for an output that has class labels (mlp's labels.txt).
 The output is byte-for-byte stable across runs: all weights come from one
 numpy generator with a fixed seed, models are built in a fixed order, and
 nothing time- or host-dependent goes into any file. The committed files are
@@ -59,7 +60,7 @@ DTYPES: dict[str, tuple[int, object]] = {
 class Bundle:
     """Everything one bundle directory holds, before it is written."""
 
-    def __init__(self, name, description, model, inputs, outputs, batching, instances, tags, sample):
+    def __init__(self, name, description, model, inputs, outputs, batching, instances, tags, sample, labels=None):
         self.name = name
         self.description = description
         self.model = model
@@ -69,6 +70,8 @@ class Bundle:
         self.instances = instances
         self.tags = tags
         self.sample = sample  # {input name: numpy array with 2 rows}
+        # {output name: (file name, [label of class 0, label of class 1, ...])}
+        self.labels = labels or {}
 
 
 def value_info(name: str, datatype: str, shape: list[int]):
@@ -97,6 +100,11 @@ def session(model, quiet: bool = False) -> ort.InferenceSession:
     if quiet:
         opts.log_severity_level = 4  # a run expected to fail should not print an error
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+# mlp's 10 classes, named for the classification extension (line N labels
+# class N: `"0.912345:3:three"`).
+DIGIT_LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
 def build_mlp(rng: np.random.Generator) -> Bundle:
@@ -142,6 +150,7 @@ def build_mlp(rng: np.random.Generator) -> Bundle:
         dict(count=1, device="cpu", intra_op_threads=1),
         {"task": "classification"},
         sample,
+        labels={"probabilities": ("labels.txt", DIGIT_LABELS)},
     )
 
 
@@ -417,6 +426,8 @@ def bundle_toml(b: Bundle) -> str:
     for section, tensors in (("inputs", b.inputs), ("outputs", b.outputs)):
         for name, datatype, shape in tensors:
             lines += ["", f"[[{section}]]", f"name = {toml_value(name)}", f"datatype = {toml_value(datatype)}", f"shape = {toml_value(shape)}"]
+            if section == "outputs" and name in b.labels:
+                lines.append(f"labels = {toml_value(b.labels[name][0])}")
     for section, table in (("batching", b.batching), ("instances", b.instances), ("tags", b.tags)):
         lines += ["", f"[{section}]"]
         lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
@@ -466,6 +477,12 @@ def write_bundle(out: Path, b: Bundle) -> None:
     assert parsed["name"] == b.name and len(parsed["inputs"]) == len(b.inputs)
     (d / "bundle.toml").write_text(toml_text, encoding="utf-8")
     (d / "sample.json").write_text(sample_json(b), encoding="utf-8")
+    outputs = {name: shape for name, _, shape in b.outputs}
+    for output, (file_name, labels) in b.labels.items():
+        # one label per line, line N for class N: as many as the output has classes
+        assert len(labels) == int(np.prod(outputs[output][1:])), (b.name, output, len(labels))
+        assert all(label and "\n" not in label for label in labels), (b.name, output)
+        (d / file_name).write_bytes(("\n".join(labels) + "\n").encode("utf-8"))
     check_sample(b, d / "sample.json")
     # Every declared input and output has a free batch dimension.
     model = onnx.load(str(d / "model.onnx"))

@@ -1,3 +1,4 @@
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -5,15 +6,17 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
+use crate::caller::timed_call;
 use crate::recorder::Recorder;
 use crate::worker::Worker;
-use crate::{LoadError, Report, RequestSpec, Stop, DEFAULT_TIMEOUT};
+use crate::{Caller, LoadError, Report, RequestSpec, Stop, DEFAULT_TIMEOUT};
 
-/// N connections, each sending its next request the moment the previous
-/// answer is in: the way to find a server's peak throughput at a given
-/// concurrency.
+/// N callers, each sending its next request the moment the previous answer
+/// is in: the way to find a server's peak throughput at a given concurrency.
 #[derive(Debug, Clone)]
 pub struct ClosedLoop {
+    /// Where [`run`](ClosedLoop::run) sends its HTTP requests;
+    /// [`run_with`](ClosedLoop::run_with)'s callers know their own way.
     pub addr: SocketAddr,
     pub concurrency: usize,
     pub stop: Stop,
@@ -44,8 +47,24 @@ impl ClosedLoop {
         self
     }
 
-    /// Runs the load. `requests` are sent in turn (request `i` of the run is
+    /// Runs HTTP/1.1 load against `addr`, one keep-alive connection per
+    /// caller. `requests` are sent in turn (request `i` of the run is
     /// `requests[i % len]`), so a mix is sent in its given proportions.
+    pub async fn run(&self, requests: &[RequestSpec]) -> Result<Report, LoadError> {
+        self.check()?;
+        if requests.is_empty() {
+            return Err(LoadError::NoRequests);
+        }
+        let requests: Arc<[RequestSpec]> = requests.into();
+        let addr = self.addr;
+        self.run_with(|_| Worker::connect(addr, Arc::clone(&requests)))
+            .await
+    }
+
+    /// Runs the load with callers of any protocol: `connect(i)` makes caller
+    /// `i` of `concurrency`, and is awaited for all of them before the clock
+    /// starts, so connecting is not mistaken for the server being slow (a
+    /// caller that could not connect should say so on its first call).
     ///
     /// With [`Stop::Duration`] a request counts when its answer arrives inside
     /// the measured window, whenever it was sent: counting by completion keeps
@@ -53,34 +72,27 @@ impl ClosedLoop {
     /// [`Stop::Requests`] exactly that many requests are sent after the
     /// warm-up and all of them are counted. Either way the run returns only
     /// once every request in flight is answered or has timed out.
-    pub async fn run(&self, requests: &[RequestSpec]) -> Result<Report, LoadError> {
-        if self.concurrency == 0 {
-            return Err(LoadError::Zero {
-                what: "concurrency",
-            });
+    pub async fn run_with<C, F, Fut>(&self, mut connect: F) -> Result<Report, LoadError>
+    where
+        C: Caller,
+        F: FnMut(usize) -> Fut,
+        Fut: Future<Output = C>,
+    {
+        self.check()?;
+        let mut callers = Vec::with_capacity(self.concurrency);
+        for i in 0..self.concurrency {
+            callers.push(connect(i).await);
         }
-        if requests.is_empty() {
-            return Err(LoadError::NoRequests);
-        }
-        let requests: Arc<[RequestSpec]> = requests.into();
         let tickets = Arc::new(AtomicU64::new(0));
-        let mut workers = Vec::with_capacity(self.concurrency);
-        for _ in 0..self.concurrency {
-            let mut worker = Worker::new(self.addr, self.timeout);
-            worker.preconnect().await;
-            workers.push(worker);
-        }
-        // Connections are opened before the clock starts, so connecting is
-        // not mistaken for the server being slow.
         let warm_end = Instant::now() + self.warmup;
         let mut set = JoinSet::new();
-        for worker in workers {
+        for caller in callers {
             set.spawn(drive(
-                worker,
-                Arc::clone(&requests),
+                caller,
                 Arc::clone(&tickets),
                 warm_end,
                 self.stop,
+                self.timeout,
             ));
         }
         let mut total = Recorder::new();
@@ -96,18 +108,26 @@ impl ClosedLoop {
         };
         Ok(total.into_report(elapsed))
     }
+
+    fn check(&self) -> Result<(), LoadError> {
+        if self.concurrency == 0 {
+            return Err(LoadError::Zero {
+                what: "concurrency",
+            });
+        }
+        Ok(())
+    }
 }
 
-/// One connection's loop. Returns what it recorded and when its last
-/// measured answer arrived.
-async fn drive(
-    mut worker: Worker,
-    requests: Arc<[RequestSpec]>,
+/// One caller's loop. Returns what it recorded and when its last measured
+/// answer arrived.
+async fn drive<C: Caller>(
+    mut caller: C,
     tickets: Arc<AtomicU64>,
     warm_end: Instant,
     stop: Stop,
+    timeout: Duration,
 ) -> (Recorder, Instant) {
-    let pick = |i: u64| &requests[(i % requests.len() as u64) as usize];
     let mut recorder = Recorder::new();
     let mut last = warm_end;
     match stop {
@@ -119,7 +139,7 @@ async fn drive(
                     break;
                 }
                 let i = tickets.fetch_add(1, Ordering::Relaxed);
-                let outcome = worker.exchange(pick(i)).await;
+                let outcome = timed_call(&mut caller, i, timeout).await;
                 let done = Instant::now();
                 if done >= warm_end && done <= end {
                     recorder.record(outcome, done - sent);
@@ -130,7 +150,7 @@ async fn drive(
         Stop::Requests(n) => {
             let mut w = 0u64;
             while Instant::now() < warm_end {
-                let _ = worker.exchange(pick(w)).await;
+                let _ = timed_call(&mut caller, w, timeout).await;
                 w += 1;
             }
             loop {
@@ -139,7 +159,7 @@ async fn drive(
                     break;
                 }
                 let sent = Instant::now();
-                let outcome = worker.exchange(pick(i)).await;
+                let outcome = timed_call(&mut caller, i, timeout).await;
                 let done = Instant::now();
                 recorder.record(outcome, done - sent);
                 last = done;
@@ -256,6 +276,47 @@ mod tests {
         assert!(server.requests() >= report.requests);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn any_caller_is_timed_and_counted_the_same_way() {
+        use crate::caller::scripted::{Log, Scripted};
+        use std::sync::Mutex;
+
+        let script: Arc<[_]> = vec![
+            Some(Ok(())),
+            Some(Err(ErrorKind::BadAnswer)),
+            Some(Err(ErrorKind::GrpcStatus(14))),
+            None,
+        ]
+        .into();
+        let log = Arc::new(Mutex::new(Log::default()));
+        let mut made = Vec::new();
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let report = ClosedLoop::new(addr, 3, Stop::Requests(12))
+            .timeout(Duration::from_millis(50))
+            .run_with(|i| {
+                made.push(i);
+                let caller = Scripted {
+                    script: Arc::clone(&script),
+                    log: Arc::clone(&log),
+                };
+                async move { caller }
+            })
+            .await
+            .unwrap();
+        assert_eq!(made, [0, 1, 2]);
+        assert_eq!((report.requests, report.ok), (12, 3));
+        assert_eq!(report.errors[&ErrorKind::BadAnswer], 3);
+        assert_eq!(report.errors[&ErrorKind::GrpcStatus(14)], 3);
+        assert_eq!(report.errors[&ErrorKind::Timeout], 3);
+        assert_eq!(report.latency.len(), 3);
+        let log = log.lock().unwrap();
+        // Every ticket once, and each call that timed out was abandoned.
+        let mut tickets = log.tickets.clone();
+        tickets.sort_unstable();
+        assert_eq!(tickets, (0..12).collect::<Vec<_>>());
+        assert_eq!(log.abandoned, 3);
+    }
+
     #[tokio::test]
     async fn bad_settings_are_refused() {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
@@ -277,5 +338,10 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, LoadError::NoRequests), "{err}");
+        let err = closed(addr, 0, Stop::Requests(1))
+            .run_with(|_| -> std::future::Ready<Worker> { panic!("no caller for a refused run") })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LoadError::Zero { .. }), "{err}");
     }
 }

@@ -1,5 +1,5 @@
 //! Load generation against Open Inference Protocol servers (or any HTTP/1.1
-//! server).
+//! server, or anything a [`Caller`] can reach).
 //!
 //! Two ways to offer load, because they answer different questions:
 //!
@@ -15,7 +15,13 @@
 //! Requests are prepared once ([`RequestSpec`]) so the generator spends its
 //! CPU on sending, not on encoding: on a small machine it shares the cores
 //! with the server it measures.
+//!
+//! Both loops speak HTTP/1.1 themselves (`run`) and drive any other protocol
+//! through a [`Caller`] (`run_with`): a caller sends one request and says
+//! whether it succeeded; pacing, timeouts, timing and counting stay here, the
+//! same for every protocol, so their figures compare.
 
+mod caller;
 mod closed_loop;
 mod connection;
 mod error;
@@ -28,6 +34,7 @@ mod worker;
 #[cfg(test)]
 mod test_server;
 
+pub use caller::Caller;
 pub use closed_loop::ClosedLoop;
 pub use connection::{Answer, Connection};
 pub use error::{ErrorKind, LoadError, RequestError};

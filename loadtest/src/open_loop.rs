@@ -1,3 +1,4 @@
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -6,12 +7,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::caller::timed_call;
 use crate::recorder::Recorder;
 use crate::worker::Worker;
-use crate::{LoadError, Report, RequestSpec, Stop, DEFAULT_TIMEOUT};
+use crate::{Caller, LoadError, Report, RequestSpec, Stop, DEFAULT_TIMEOUT};
 
 /// Requests arrive at a fixed rate, whatever the server does; a bounded pool
-/// of connections sends them.
+/// of connections (callers) sends them.
 ///
 /// Request `i` is due at `start + i / rate` and its latency is measured from
 /// that moment, not from when a connection got round to sending it. When the
@@ -54,33 +56,40 @@ impl OpenLoop {
         self
     }
 
-    /// Runs the load; `requests` are sent in turn as in
+    /// Runs HTTP/1.1 load against `addr`; `requests` are sent in turn as in
     /// [`ClosedLoop::run`](crate::ClosedLoop::run). Every measured arrival is
     /// sent and counted, even when the server falls behind, so a run can
     /// last longer than its nominal duration.
     pub async fn run(&self, requests: &[RequestSpec]) -> Result<Report, LoadError> {
-        if !(self.rate.is_finite() && self.rate > 0.0) {
-            return Err(LoadError::Rate(self.rate));
-        }
-        if self.connections == 0 {
-            return Err(LoadError::Zero {
-                what: "connections",
-            });
-        }
+        self.check()?;
         if requests.is_empty() {
             return Err(LoadError::NoRequests);
         }
+        let requests: Arc<[RequestSpec]> = requests.into();
+        let addr = self.addr;
+        self.run_with(|_| Worker::connect(addr, Arc::clone(&requests)))
+            .await
+    }
+
+    /// Runs the load with callers of any protocol, `connect(i)` making caller
+    /// `i` of the pool of `connections`, all of them before the clock starts
+    /// (see [`ClosedLoop::run_with`](crate::ClosedLoop::run_with)).
+    pub async fn run_with<C, F, Fut>(&self, mut connect: F) -> Result<Report, LoadError>
+    where
+        C: Caller,
+        F: FnMut(usize) -> Fut,
+        Fut: Future<Output = C>,
+    {
+        self.check()?;
         let rate = self.rate;
         let warm_n = (rate * self.warmup.as_secs_f64()).ceil() as u64;
         let total = match self.stop {
             Stop::Duration(d) => (rate * (self.warmup + d).as_secs_f64()).ceil() as u64,
             Stop::Requests(n) => warm_n + n,
         };
-        let mut workers = Vec::with_capacity(self.connections);
-        for _ in 0..self.connections {
-            let mut worker = Worker::new(self.addr, self.timeout);
-            worker.preconnect().await;
-            workers.push(worker);
+        let mut callers = Vec::with_capacity(self.connections);
+        for i in 0..self.connections {
+            callers.push(connect(i).await);
         }
         // The clock starts once every connection is open, so connecting is
         // not mistaken for the server being slow.
@@ -90,19 +99,17 @@ impl OpenLoop {
             warm_n,
             total,
         };
-        let requests: Arc<[RequestSpec]> = requests.into();
-
         let arrivals = Arc::new(Semaphore::new(0));
         let tickets = Arc::new(AtomicU64::new(0));
         let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
         let mut set = JoinSet::new();
-        for worker in workers {
+        for caller in callers {
             set.spawn(drive(
-                worker,
-                Arc::clone(&requests),
+                caller,
                 Arc::clone(&arrivals),
                 Arc::clone(&tickets),
                 schedule,
+                self.timeout,
             ));
         }
         let dispatcher = {
@@ -125,6 +132,18 @@ impl OpenLoop {
         }
         let _ = dispatcher.join();
         Ok(total.into_report(last.saturating_duration_since(measure_start)))
+    }
+
+    fn check(&self) -> Result<(), LoadError> {
+        if !(self.rate.is_finite() && self.rate > 0.0) {
+            return Err(LoadError::Rate(self.rate));
+        }
+        if self.connections == 0 {
+            return Err(LoadError::Zero {
+                what: "connections",
+            });
+        }
+        Ok(())
     }
 }
 
@@ -180,12 +199,12 @@ fn release_arrivals(schedule: Schedule, arrivals: &Semaphore, cancel: &AtomicBoo
     arrivals.add_permits(pool);
 }
 
-async fn drive(
-    mut worker: Worker,
-    requests: Arc<[RequestSpec]>,
+async fn drive<C: Caller>(
+    mut caller: C,
     arrivals: Arc<Semaphore>,
     tickets: Arc<AtomicU64>,
     schedule: Schedule,
+    timeout: Duration,
 ) -> (Recorder, Instant) {
     let mut recorder = Recorder::new();
     let mut last = schedule.due(schedule.warm_n);
@@ -201,9 +220,7 @@ async fn drive(
             break;
         }
         let intended = schedule.due(i);
-        let outcome = worker
-            .exchange(&requests[(i % requests.len() as u64) as usize])
-            .await;
+        let outcome = timed_call(&mut caller, i, timeout).await;
         let done = Instant::now();
         if i >= schedule.warm_n {
             recorder.record(outcome, done.saturating_duration_since(intended));
@@ -272,6 +289,33 @@ mod tests {
             "{report}"
         );
         assert_eq!(server.connections(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn any_caller_gets_every_arrival_once() {
+        use crate::caller::scripted::{Log, Scripted};
+        use std::sync::Mutex;
+
+        let script: Arc<[_]> = vec![Some(Ok(())), Some(Err(ErrorKind::BadAnswer))].into();
+        let log = Arc::new(Mutex::new(Log::default()));
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let report = OpenLoop::new(addr, 2000.0, 3, Stop::Requests(20))
+            .warmup(Duration::from_millis(5))
+            .run_with(|_| {
+                let caller = Scripted {
+                    script: Arc::clone(&script),
+                    log: Arc::clone(&log),
+                };
+                async move { caller }
+            })
+            .await
+            .unwrap();
+        assert_eq!((report.requests, report.ok), (20, 10));
+        assert_eq!(report.errors[&ErrorKind::BadAnswer], 10);
+        // 5 ms at 2000/s is 10 warm-up arrivals, sent but not counted.
+        let mut tickets = log.lock().unwrap().tickets.clone();
+        tickets.sort_unstable();
+        assert_eq!(tickets, (0..30).collect::<Vec<_>>());
     }
 
     #[tokio::test]

@@ -9,6 +9,10 @@
 //!    bytes — the cost of the serving path on a model that costs nothing.
 //! 3. mlp latency at half that peak, open loop (coordinated-omission
 //!    corrected), and ferroserve's idle resident memory.
+//! 4. gRPC against HTTP binary: the closed-loop loads of 1a, 1b and 2 again
+//!    over gRPC (`raw_input_contents`, one HTTP/2 connection per caller),
+//!    each right after its HTTP twin on the same server: rows/s and p99 of
+//!    both protocols side by side.
 //!
 //! It prints a table and, last, one JSON line. It asserts nothing about
 //! speed: timings belong in numbers people read, not in pass/fail.
@@ -19,6 +23,8 @@
 // kept in a folder named after it, are pointed at explicitly.
 #[path = "serving/cpu.rs"]
 mod cpu;
+#[path = "serving/grpc_load.rs"]
+mod grpc_load;
 #[path = "serving/inprocess.rs"]
 mod inprocess;
 #[path = "serving/minimal_server.rs"]
@@ -40,8 +46,9 @@ use ferroserve_loadtest::{ClosedLoop, Connection, OpenLoop, Report, RequestSpec,
 use serde_json::json;
 
 use cpu::{CpuMeter, CpuUse};
+use grpc_load::GrpcInfer;
 use model::Bundle;
-use process::ServerProcess;
+use process::{Listener, ServerProcess};
 use server_stats::{Snapshot, Window};
 
 /// Set when the benchmark re-executes itself as a reference server.
@@ -157,6 +164,7 @@ impl Bench {
         self.check(server.addr, &spec)?;
         let batched = self.closed(&server, Some("conv"), CONV_BATCHED_CONCURRENCY, &spec)?;
         batched.print(batch);
+        let batched_grpc = self.grpc_twin(&server, &conv, batch, CONV_BATCHED_CONCURRENCY, "1a")?;
 
         heading(&format!(
             "(1b) ferroserve: conv, 1-row requests, concurrency {CONV_SINGLE_ROW_CONCURRENCY} (dynamic batching)"
@@ -165,6 +173,7 @@ impl Bench {
         self.check(server.addr, &spec)?;
         let single = self.closed(&server, Some("conv"), CONV_SINGLE_ROW_CONCURRENCY, &spec)?;
         single.print(1);
+        let single_grpc = self.grpc_twin(&server, &conv, 1, CONV_SINGLE_ROW_CONCURRENCY, "1b")?;
 
         // (2) mlp: the serving path vs. the bare HTTP stack.
         heading(&format!(
@@ -174,6 +183,7 @@ impl Bench {
         let sample = self.check(server.addr, &spec)?;
         let mlp_peak = self.closed(&server, Some("mlp"), MLP_CONCURRENCY, &spec)?;
         mlp_peak.print(1);
+        let mlp_grpc = self.grpc_twin(&server, &mlp, 1, MLP_CONCURRENCY, "2")?;
 
         // (3) latency at half the peak, open loop.
         let rate = (mlp_peak.report.ok_per_second() / 2.0).max(1.0);
@@ -255,10 +265,73 @@ impl Bench {
             open.report.error_count()
         );
         println!("ferroserve idle VmRSS: {:.1} MiB", mib(idle_rss));
-        let errors: u64 = [&batched, &single, &mlp_peak, &open]
-            .iter()
-            .map(|m| m.report.error_count())
-            .sum();
+
+        // gRPC against HTTP binary, same models and loads.
+        let twins = [
+            Twin {
+                key: "conv_batched",
+                model: "conv",
+                rows: batch,
+                concurrency: CONV_BATCHED_CONCURRENCY,
+                http: &batched,
+                grpc: &batched_grpc,
+            },
+            Twin {
+                key: "conv_single_row",
+                model: "conv",
+                rows: 1,
+                concurrency: CONV_SINGLE_ROW_CONCURRENCY,
+                http: &single,
+                grpc: &single_grpc,
+            },
+            Twin {
+                key: "mlp",
+                model: "mlp",
+                rows: 1,
+                concurrency: MLP_CONCURRENCY,
+                http: &mlp_peak,
+                grpc: &mlp_grpc,
+            },
+        ];
+        rule("-");
+        println!(
+            "{:<26} {:>12} {:>12} {:>9} {:>11} {:>11} {:>11}",
+            "gRPC vs HTTP binary",
+            "HTTP rows/s",
+            "gRPC rows/s",
+            "gRPC/HTTP",
+            "HTTP p99",
+            "gRPC p99",
+            "errors H/G"
+        );
+        for t in &twins {
+            println!(
+                "{:<26} {:>12.1} {:>12.1} {:>9.3} {:>8.3} ms {:>8.3} ms {:>11}",
+                t.label(),
+                t.http_rows(),
+                t.grpc_rows(),
+                t.ratio(),
+                ms(t.http.report.quantile(0.99)),
+                ms(t.grpc.report.quantile(0.99)),
+                format!(
+                    "{}/{}",
+                    t.http.report.error_count(),
+                    t.grpc.report.error_count()
+                ),
+            );
+        }
+        let errors: u64 = [
+            &batched,
+            &single,
+            &mlp_peak,
+            &open,
+            &batched_grpc,
+            &single_grpc,
+            &mlp_grpc,
+        ]
+        .iter()
+        .map(|m| m.report.error_count())
+        .sum();
         if errors > 0 {
             println!("WARNING: {errors} ferroserve requests failed; see the reports above");
         }
@@ -313,6 +386,10 @@ impl Bench {
                 "p99_ms": ms(lat.p99),
                 "run": open.json(),
             },
+            "grpc_vs_http": twins
+                .iter()
+                .map(|t| (t.key.to_string(), t.json()))
+                .collect::<serde_json::Map<_, _>>(),
         });
         println!("{summary}");
         Ok(())
@@ -354,6 +431,42 @@ impl Bench {
         };
         self.rt.block_on(run(self.warmup).run(specs))?;
         self.measure_run(server, Some(model), run(self.measure).run(specs))
+    }
+
+    /// The gRPC twin of a closed-loop HTTP run: the same model, rows per
+    /// request and concurrency, `raw_input_contents` over one HTTP/2
+    /// connection per caller, timed by the same loop. Runs right after the
+    /// HTTP one so both meet the machine in the same state.
+    fn grpc_twin(
+        &self,
+        server: &ServerProcess,
+        bundle: &Bundle,
+        rows: usize,
+        concurrency: usize,
+        label: &str,
+    ) -> Result<Measured> {
+        heading(&format!(
+            "({label}) ferroserve over gRPC: {}, {rows}-row requests, concurrency {concurrency} \
+             (raw_input_contents, one HTTP/2 connection per caller)",
+            bundle.name
+        ));
+        let addr = server
+            .grpc_addr
+            .context("ferroserve did not announce its gRPC listener")?;
+        let infer = GrpcInfer::new(addr, bundle, rows)?;
+        self.rt.block_on(infer.check())?;
+        // As in `closed`: a warm-up on its own connections, then the
+        // measured run on fresh ones.
+        let run = |length| ClosedLoop::new(addr, concurrency, Stop::Duration(length));
+        self.rt
+            .block_on(run(self.warmup).run_with(|_| infer.connect()))?;
+        let measured = self.measure_run(
+            server,
+            Some(&bundle.name),
+            run(self.measure).run_with(|_| infer.connect()),
+        )?;
+        measured.print(rows);
+        Ok(measured)
     }
 
     fn measure_run(
@@ -401,7 +514,12 @@ impl Bench {
                 "0",
             ])
             .env("RUST_LOG", "warn,ferroserve=info");
-        let server = ServerProcess::start("ferroserve", cmd, Duration::from_secs(120))?;
+        let server = ServerProcess::start(
+            "ferroserve",
+            cmd,
+            &[Listener::Http, Listener::Grpc],
+            Duration::from_secs(120),
+        )?;
         let ready = self.rt.block_on(async {
             let mut conn = Connection::connect(server.addr).await?;
             conn.send(&RequestSpec::get("/v2/health/ready")).await
@@ -427,7 +545,12 @@ impl Bench {
                 sample.body.len().to_string(),
             )
             .env(minimal_server::HEADER_LEN_ENV, header_len);
-        ServerProcess::start("minimal server", cmd, Duration::from_secs(30))
+        ServerProcess::start(
+            "minimal server",
+            cmd,
+            &[Listener::Http],
+            Duration::from_secs(30),
+        )
     }
 
     /// Sends one request and insists on a 2xx: measuring a server that
@@ -511,6 +634,53 @@ impl Measured {
                 "mean_queue_ms": w.mean_queue_ms,
                 "mean_request_ms": w.mean_request_ms,
             })),
+        })
+    }
+}
+
+/// A closed-loop load run over HTTP and over gRPC.
+struct Twin<'a> {
+    key: &'static str,
+    model: &'static str,
+    rows: usize,
+    concurrency: usize,
+    http: &'a Measured,
+    grpc: &'a Measured,
+}
+
+impl Twin<'_> {
+    fn label(&self) -> String {
+        format!(
+            "{} {}-row reqs, c={}",
+            self.model, self.rows, self.concurrency
+        )
+    }
+
+    fn http_rows(&self) -> f64 {
+        self.http.rows_per_second(self.rows)
+    }
+
+    fn grpc_rows(&self) -> f64 {
+        self.grpc.rows_per_second(self.rows)
+    }
+
+    fn ratio(&self) -> f64 {
+        ratio(self.grpc_rows(), self.http_rows())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "model": self.model,
+            "rows_per_request": self.rows,
+            "concurrency": self.concurrency,
+            "http_rows_per_s": self.http_rows(),
+            "grpc_rows_per_s": self.grpc_rows(),
+            "ratio": self.ratio(),
+            "http_p99_ms": ms(self.http.report.quantile(0.99)),
+            "grpc_p99_ms": ms(self.grpc.report.quantile(0.99)),
+            "http_errors": self.http.report.error_count(),
+            "grpc_errors": self.grpc.report.error_count(),
+            "grpc_run": self.grpc.json(),
         })
     }
 }

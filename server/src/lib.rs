@@ -4,6 +4,8 @@
 //! [`validate`] checks it against the signature, [`scheduler`] batches it onto
 //! a backend instance thread, and the answer goes back the same way.
 
+pub mod auth;
+pub mod classification;
 pub mod grpc;
 pub mod http;
 pub mod infer;
@@ -15,4 +17,5 @@ pub mod models;
 pub mod repository;
 pub mod runtime;
 pub mod scheduler;
+pub mod tls;
 pub mod validate;

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use ferroserve::auth::{AuthPolicy, INFERENCE_TOKENS_ENV, MANAGEMENT_TOKENS_ENV};
 use ferroserve::grpc::GrpcLimits;
 use ferroserve::http::{AppState, HttpLimits};
-use ferroserve::listener::{self, ConnOptions};
+use ferroserve::listener::{self, ConnLimits, ConnOptions};
 use ferroserve::metrics::Metrics;
 use ferroserve::model::Model;
 use ferroserve::models::ModelTable;
@@ -55,15 +56,61 @@ struct ServeArgs {
     /// gRPC port (inference.GRPCInferenceService); 0 picks a free port.
     #[arg(long, default_value_t = 8001)]
     grpc_port: u16,
-    /// Largest gRPC message accepted or sent, in bytes.
-    #[arg(long, default_value_t = 64 << 20)]
+    /// Largest gRPC message accepted or sent, in bytes; a larger request
+    /// message gets RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 64 << 20, help_heading = "Limits")]
     max_grpc_message_bytes: usize,
     /// Largest request body accepted, in bytes; larger bodies get 413.
-    #[arg(long, default_value_t = 64 << 20)]
+    #[arg(long, default_value_t = 64 << 20, help_heading = "Limits")]
     max_body_bytes: usize,
     /// Seconds to let in-flight requests finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30)]
     shutdown_grace_s: u64,
+
+    /// Seconds an HTTP/1 client has to send a complete request head (also
+    /// bounds the wait for the next request on a keep-alive connection).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits")]
+    header_read_timeout_s: u64,
+    /// Seconds after which a connection with no request in flight and no
+    /// activity is closed.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits")]
+    idle_timeout_s: u64,
+    /// Connections open at once, over the HTTP and gRPC ports together;
+    /// beyond it a new connection is closed at once.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits")]
+    max_connections: u64,
+    /// Concurrent HTTP/2 streams (requests) per connection.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
+    http2_max_streams: u32,
+
+    /// PEM certificate chain (leaf first) to serve HTTP and gRPC over TLS;
+    /// needs --tls-key.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "tls_key",
+        help_heading = "Security"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "tls_cert",
+        help_heading = "Security"
+    )]
+    tls_key: Option<PathBuf>,
+    /// File of bearer tokens accepted on inference routes (/v2, /v2/models/...,
+    /// every gRPC method): one per line, blank lines and # comments ignored.
+    /// Also read: FERROSERVE_INFERENCE_TOKENS (comma-separated). Neither set:
+    /// inference routes are open.
+    #[arg(long, value_name = "PATH", help_heading = "Security")]
+    inference_token_file: Option<PathBuf>,
+    /// File of bearer tokens accepted on management routes (/v2/repository/...,
+    /// /v2/admin/...), same format. Also read: FERROSERVE_MANAGEMENT_TOKENS.
+    /// Neither set: management routes are open.
+    #[arg(long, value_name = "PATH", help_heading = "Security")]
+    management_token_file: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -80,6 +127,21 @@ fn main() -> Result<()> {
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
+    // Configuration errors first: a bad token file or certificate should not
+    // wait for the models to load.
+    let auth = AuthPolicy::from_config(
+        args.inference_token_file.as_deref(),
+        args.management_token_file.as_deref(),
+    )?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(ferroserve::tls::acceptor(cert, key)?),
+        (None, None) => None,
+        // clap's `requires` makes these unreachable; kept for a clear message.
+        (Some(_), None) => anyhow::bail!("--tls-cert needs --tls-key"),
+        (None, Some(_)) => anyhow::bail!("--tls-key needs --tls-cert"),
+    };
+    log_security(&auth, tls.is_some());
+    warn_if_few_file_descriptors(args.max_connections);
     let lib = runtime::init_onnxruntime()?;
     tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
     let metrics = Arc::new(Metrics::new());
@@ -103,10 +165,22 @@ fn serve(args: ServeArgs) -> Result<()> {
         metrics,
         limits: HttpLimits {
             max_body_bytes: args.max_body_bytes,
-            ..HttpLimits::default()
         },
         ready: AtomicBool::new(false),
     });
+    // One set of options for both ports: they share the connection budget.
+    let conn_opts = ConnOptions::new(
+        ConnLimits {
+            header_read_timeout: Duration::from_secs(args.header_read_timeout_s),
+            idle_timeout: Duration::from_secs(args.idle_timeout_s),
+            max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+            http2_max_concurrent_streams: args.http2_max_streams,
+            ..ConnLimits::default()
+        },
+        tls,
+        auth,
+        &state.metrics,
+    );
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
@@ -144,14 +218,13 @@ fn serve(args: ServeArgs) -> Result<()> {
                 max_message_bytes: args.max_grpc_message_bytes,
             },
         );
-        let grpc_opts = ConnOptions::default();
         let signal = shutdown_signal(Arc::clone(&state));
         tokio::join!(
-            ferroserve::http::serve(http, Arc::clone(&state), stopped(), grace),
+            ferroserve::http::serve(http, Arc::clone(&state), &conn_opts, stopped(), grace),
             listener::serve(
                 grpc,
                 TowerToHyperService::new(grpc_service),
-                &grpc_opts,
+                &conn_opts,
                 stopped(),
                 grace
             ),
@@ -165,6 +238,54 @@ fn serve(args: ServeArgs) -> Result<()> {
     state.models.clear();
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Says what is protected, never with what: token counts only.
+fn log_security(auth: &AuthPolicy, tls: bool) {
+    let describe = |set: &Option<ferroserve::auth::TokenSet>| match set {
+        Some(s) => format!("bearer token required ({} accepted)", s.len()),
+        None => "open".to_string(),
+    };
+    tracing::info!(
+        tls,
+        inference = %describe(&auth.inference),
+        management = %describe(&auth.management),
+        "security settings"
+    );
+    if auth.inference.is_some() && auth.management.is_none() {
+        tracing::warn!(
+            "inference routes need a token but management routes are open: \
+             set --management-token-file or {MANAGEMENT_TOKENS_ENV}"
+        );
+    }
+    if auth.inference.is_none() && auth.management.is_some() {
+        tracing::info!(
+            "inference routes are open (set --inference-token-file or {INFERENCE_TOKENS_ENV} to protect them)"
+        );
+    }
+}
+
+/// Past the open-file limit, accept() fails (counted as `accept_failed`)
+/// before --max-connections can turn connections away cleanly.
+fn warn_if_few_file_descriptors(max_connections: u64) {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return;
+    };
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<u64>().ok());
+    // Models, logs and listeners need descriptors too.
+    const SPARE: u64 = 256;
+    if let Some(soft) = soft.filter(|&s| s < max_connections.saturating_add(SPARE)) {
+        tracing::warn!(
+            open_file_limit = soft,
+            max_connections,
+            "the open-file limit is below --max-connections plus {SPARE} spare: \
+             raise it (ulimit -n) or lower --max-connections"
+        );
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT, after marking the server not ready.

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferroserve_backend_core::{DataType, Signature, TensorSpec};
@@ -68,6 +69,10 @@ struct RawTensor {
     name: String,
     datatype: String,
     shape: Vec<i64>,
+    /// Outputs only: a file in the bundle folder with one class label per
+    /// line (Triton's `label_filename`), used by the classification extension.
+    #[serde(default)]
+    labels: Option<String>,
 }
 
 /// Dynamic batching settings, named as Triton users know them.
@@ -138,6 +143,9 @@ pub struct Manifest {
     pub batching: Batching,
     pub instances: Instances,
     pub tags: BTreeMap<String, String>,
+    /// Class labels by output name, read once from the files named by
+    /// `[[outputs]] labels`; line N labels class index N.
+    pub labels: BTreeMap<String, Arc<Vec<String>>>,
 }
 
 impl Manifest {
@@ -228,6 +236,29 @@ impl Manifest {
                 });
             }
         }
+        let mut labels = BTreeMap::new();
+        if let Some(i) = raw.inputs.iter().position(|t| t.labels.is_some()) {
+            return Err(err(
+                format!("inputs[{i}].labels"),
+                "labels belong on an [[outputs]] entry (the classification extension labels a model's output classes), not on an input".into(),
+            ));
+        }
+        for (i, t) in raw.outputs.iter().enumerate() {
+            let Some(file_name) = &t.labels else { continue };
+            let key = format!("outputs[{i}].labels");
+            let dtype = declared.outputs[i].dtype;
+            if matches!(dtype, DataType::Bytes | DataType::Bool) {
+                return Err(err(
+                    key,
+                    format!(
+                        "output {:?} is {dtype}; classification labels need a numeric output",
+                        t.name
+                    ),
+                ));
+            }
+            let list = read_labels(dir, file_name).map_err(|problem| err(key, problem))?;
+            labels.insert(t.name.clone(), Arc::new(list));
+        }
         let b = &raw.batching;
         for &p in &b.preferred_batch_sizes {
             if p == 0 || (b.max_batch_size > 0 && p > b.max_batch_size) || b.max_batch_size == 0 {
@@ -293,6 +324,7 @@ impl Manifest {
             batching: raw.batching,
             instances: raw.instances,
             tags: raw.tags,
+            labels,
         })
     }
 
@@ -406,9 +438,67 @@ impl Manifest {
     }
 }
 
+/// Reads a labels file: one label per line, split as Triton splits it
+/// (`std::getline`: a final newline does not add an empty label). A
+/// trailing `\r` is dropped so files written on Windows work.
+fn read_labels(dir: &Path, file_name: &str) -> Result<Vec<String>, String> {
+    let path = dir.join(file_name);
+    if !path.is_file() {
+        return Err(format!(
+            "labels file {file_name:?} not found at {}",
+            path.display()
+        ));
+    }
+    let bytes = std::fs::read(&path)
+        .map_err(|e| format!("cannot read labels file {}: {e}", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "labels file {} is not valid UTF-8 (byte {}); expected UTF-8 text, one label per line",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    if text.is_empty() {
+        return Err(format!(
+            "labels file {} is empty; expected one label per line",
+            path.display()
+        ));
+    }
+    let body = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(body
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l).to_string())
+        .collect())
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
     (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_split_into_lines_like_getline() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = |content: &[u8]| {
+            std::fs::write(dir.path().join("l.txt"), content).unwrap();
+            read_labels(dir.path(), "l.txt")
+        };
+        assert_eq!(read(b"a\nb\n").unwrap(), vec!["a", "b"]);
+        assert_eq!(read(b"a\nb").unwrap(), vec!["a", "b"]);
+        assert_eq!(read(b"a\r\n\r\nc\r\n").unwrap(), vec!["a", "", "c"]);
+        assert_eq!(read("ünï cødé\n".as_bytes()).unwrap(), vec!["ünï cødé"]);
+        assert!(read(b"").unwrap_err().contains("is empty"));
+        assert!(read(b"ok\n\xfe").unwrap_err().contains("not valid UTF-8"));
+        let e = read_labels(dir.path(), "missing.txt").unwrap_err();
+        assert!(
+            e.contains("\"missing.txt\"") && e.contains("not found"),
+            "{e}"
+        );
+    }
 }

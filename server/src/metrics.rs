@@ -2,8 +2,8 @@
 //! outcome) so that cardinality stays bounded whatever clients send.
 
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -15,9 +15,17 @@ pub struct Metrics {
     pub batch_rows: HistogramVec,
     pub queue_depth: IntGaugeVec,
     pub inflight: IntGaugeVec,
-    /// Requests refused before they reached a model (body too large, bad
-    /// route), by reason.
+    /// Requests refused before they reached a model (body too large,
+    /// unauthorized, gRPC message too large), by reason.
     pub rejected: IntCounterVec,
+    /// Connections refused before a request was read (connection limit,
+    /// failed or timed-out TLS handshake), by reason.
+    pub connections_rejected: IntCounterVec,
+    /// Connections the server closed on its own (idle, slow request head,
+    /// unanswered HTTP/2 ping), by reason.
+    pub connections_closed: IntCounterVec,
+    /// Connections open now, over all listeners.
+    pub open_connections: IntGauge,
 }
 
 impl Metrics {
@@ -82,6 +90,27 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let connections_rejected = IntCounterVec::new(
+            Opts::new(
+                "ferroserve_connections_rejected_total",
+                "Connections refused before any request was read",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "ferroserve_connections_closed_total",
+                "Connections the server closed because a limit was hit",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let open_connections = IntGauge::new(
+            "ferroserve_open_connections",
+            "Client connections open now, over all listeners",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -91,6 +120,9 @@ impl Metrics {
             Box::new(queue_depth.clone()),
             Box::new(inflight.clone()),
             Box::new(rejected.clone()),
+            Box::new(connections_rejected.clone()),
+            Box::new(connections_closed.clone()),
+            Box::new(open_connections.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -105,6 +137,9 @@ impl Metrics {
             queue_depth,
             inflight,
             rejected,
+            connections_rejected,
+            connections_closed,
+            open_connections,
         }
     }
 

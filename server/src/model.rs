@@ -97,7 +97,7 @@ impl Model {
 
     /// Validates the inputs and queues them. The returned receiver yields the
     /// answer; the caller should stop waiting at the returned deadline.
-    pub fn submit(
+    fn submit(
         &self,
         named: Vec<(String, Tensor)>,
         timeout: Option<Duration>,
@@ -176,5 +176,11 @@ impl Model {
     /// Whether `v` (from a URL) names this model's version.
     pub fn has_version(&self, v: &str) -> bool {
         v == self.version_label
+    }
+
+    /// The class labels of output `output` (from its manifest's `labels`
+    /// file), for the classification extension.
+    pub fn labels(&self, output: &str) -> Option<&[String]> {
+        self.manifest.labels.get(output).map(|l| l.as_slice())
     }
 }

@@ -100,3 +100,58 @@ fn missing_onnxruntime_says_how_to_get_it() {
     );
     assert!(stderr.contains("onnxruntime"), "{stderr}");
 }
+
+#[test]
+fn missing_labels_file_is_named() {
+    let repo = tempfile::tempdir().unwrap();
+    let b = copy_example("mlp", repo.path());
+    std::fs::remove_file(b.join("labels.txt")).unwrap();
+    fails_with(
+        repo.path(),
+        &[
+            "mlp/1/bundle.toml",
+            "outputs[0].labels",
+            "\"labels.txt\"",
+            "not found",
+        ],
+    );
+}
+
+#[test]
+fn empty_or_non_utf8_labels_file_is_refused() {
+    let repo = tempfile::tempdir().unwrap();
+    let b = copy_example("mlp", repo.path());
+    std::fs::write(b.join("labels.txt"), b"").unwrap();
+    fails_with(
+        repo.path(),
+        &["outputs[0].labels", "labels.txt", "is empty"],
+    );
+    std::fs::write(b.join("labels.txt"), b"zero\n\xffone\n").unwrap();
+    fails_with(
+        repo.path(),
+        &["outputs[0].labels", "labels.txt", "not valid UTF-8"],
+    );
+}
+
+#[test]
+fn labels_on_an_input_are_refused() {
+    let repo = tempfile::tempdir().unwrap();
+    let b = copy_example("mlp", repo.path());
+    edit_manifest(
+        &b,
+        "shape = [-1, 64]\n",
+        "shape = [-1, 64]\nlabels = \"labels.txt\"\n",
+    );
+    fails_with(repo.path(), &["inputs[0].labels", "[[outputs]]"]);
+}
+
+#[test]
+fn misspelt_labels_key_is_unknown() {
+    let repo = tempfile::tempdir().unwrap();
+    let b = copy_example("mlp", repo.path());
+    edit_manifest(&b, "labels = ", "label = ");
+    fails_with(
+        repo.path(),
+        &["mlp/1/bundle.toml", "label", "unknown field"],
+    );
+}

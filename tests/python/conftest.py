@@ -51,6 +51,33 @@ def triton(server):
     client.close()
 
 
+@pytest.fixture(scope="session")
+def grpc_url(server):
+    """host:port of the shared server's gRPC listener."""
+    return server.grpc_url
+
+
+@pytest.fixture(scope="session")
+def grpc_triton(server):
+    """tritonclient.grpc client of the shared server (no stream: tests that
+    stream open their own client, one stream per client)."""
+    client = ferro.grpc_client(server.grpc_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def typed_dtypes(tmp_path_factory):
+    """(server, repo) serving `dtypes_typed`: the dtypes bundle without its
+    FP16 tensor, so a request can carry every input in typed `contents`
+    (FP16 has no typed field, and the protocol forbids mixing typed and raw)."""
+    repo = ferro.make_typed_dtypes_repo(tmp_path_factory.mktemp("typed_dtypes"))
+    srv = ferro.Server(repo)
+    yield srv, repo
+    rc = srv.stop(timeout=30)
+    assert rc == 0, f"ferroserve exited with code {rc} after SIGTERM\n{srv.log()}"
+
+
 @pytest.fixture
 def start_server():
     """`start_server(repo, *extra_args)` starts a dedicated server; at the end

@@ -5,7 +5,8 @@ starting and stopping the binary, raw HTTP requests with `http.client`,
 encoding/decoding inference bodies (through tritonclient's own encoder and
 decoder, so the reference client's wire format is what the server sees),
 running the same model in-process with ONNX Runtime for the expected answers,
-and parsing the Prometheus text of `/metrics`.
+the same over gRPC (tritonclient.grpc and hand-built protobuf messages sent
+through the generated stub), and parsing the Prometheus text of `/metrics`.
 """
 
 from __future__ import annotations
@@ -28,9 +29,13 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "examples" / "models"
 GENERATE = REPO_ROOT / "examples" / "generate.py"
-MODELS = ("mlp", "multi_io", "conv", "strings", "dtypes")
+# Every example bundle (test_grpc_conformance checks this against the folder,
+# so a new bundle cannot be left out silently). New ones go at the end: the
+# tests derive seeds from the position.
+MODELS = ("mlp", "multi_io", "conv", "strings", "dtypes", "seq_sum")
 
 READY_RE = re.compile(r"HTTP server listening on (\S+):(\d+)")
+GRPC_READY_RE = re.compile(r"gRPC server listening on (\S+):(\d+)")
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -99,6 +104,43 @@ def make_repo(root: Path, bundles: dict[str, dict | None]) -> Path:
     return root
 
 
+TYPED_DTYPES = "dtypes_typed"
+
+
+def make_typed_dtypes_repo(root: Path) -> Path:
+    """ROOT/dtypes_typed/1: the dtypes bundle without its FP16 input and
+    output (model graph and manifest both), so that every input can travel in
+    typed `contents` over gRPC. Returns ROOT."""
+    import onnx
+
+    ensure_examples()
+    src = EXAMPLES / "dtypes" / "1"
+    dst = Path(root) / TYPED_DTYPES / "1"
+    dst.mkdir(parents=True)
+    model = onnx.load(str(src / "model.onnx"))
+    g = model.graph
+    fp16 = onnx.TensorProto.FLOAT16
+    dropped = {v.name for v in list(g.input) + list(g.output) if v.type.tensor_type.elem_type == fp16}
+    assert dropped == {"in_fp16", "out_fp16"}, dropped
+    for field_name in ("input", "output"):
+        keep = [v for v in getattr(g, field_name) if v.name not in dropped]
+        del getattr(g, field_name)[:]
+        getattr(g, field_name).extend(keep)
+    keep_nodes = [n for n in g.node if not (set(n.input) | set(n.output)) & dropped]
+    del g.node[:]
+    g.node.extend(keep_nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst / "model.onnx"))
+    # the manifest: same blocks, minus the FP16 tensors, under the new name
+    blocks = (src / "bundle.toml").read_text().split("\n\n")
+    blocks = [b for b in blocks if 'datatype = "FP16"' not in b]
+    text = "\n\n".join(blocks)
+    text, n = re.subn(r'\Aname = "dtypes"$', f'name = "{TYPED_DTYPES}"', text, flags=re.M)
+    assert n == 1, text[:200]
+    (dst / "bundle.toml").write_text(text)
+    return Path(root)
+
+
 def bundle_manifest(model: str) -> dict:
     import tomllib
 
@@ -130,6 +172,8 @@ class Server:
         self._ready = threading.Event()
         self.host: str | None = None
         self.port: int | None = None
+        self.grpc_host: str | None = None
+        self.grpc_port: int | None = None
         self.returncode: int | None = None
         self.proc = subprocess.Popen(
             self.cmd, cwd=REPO_ROOT, env=env,
@@ -147,7 +191,9 @@ class Server:
                 )
             if time.monotonic() > deadline:
                 self.kill()
-                raise RuntimeError(f"ferroserve did not log its listening address within {ready_timeout} s\n{self.log()}")
+                raise RuntimeError(
+                    f"ferroserve did not log its HTTP and gRPC listening addresses within {ready_timeout} s\n{self.log()}"
+                )
 
     def _read(self):
         for raw in iter(self.proc.stdout.readline, b""):
@@ -158,6 +204,10 @@ class Server:
                 m = READY_RE.search(line)
                 if m:
                     self.host, self.port = m.group(1), int(m.group(2))
+                m = GRPC_READY_RE.search(line)
+                if m:
+                    self.grpc_host, self.grpc_port = m.group(1), int(m.group(2))
+                if self.port is not None and self.grpc_port is not None:
                     self._ready.set()
         self.proc.stdout.close()
 
@@ -169,6 +219,23 @@ class Server:
     def url(self) -> str:
         """host:port, the form tritonclient takes."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def grpc_addr(self) -> tuple[str, int]:
+        return self.grpc_host, self.grpc_port
+
+    @property
+    def grpc_url(self) -> str:
+        """host:port of the gRPC listener (tritonclient.grpc, grpc.insecure_channel)."""
+        return f"{self.grpc_host}:{self.grpc_port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def rss_bytes(self) -> int | None:
+        """The process's resident set size (VmRSS), None once it has exited."""
+        return rss_bytes(self.proc.pid)
 
     def log(self, last: int = 200) -> str:
         with self._lock:
@@ -340,31 +407,36 @@ def _sig(arg) -> TensorSig:
     return TensorSig(arg.name, ORT_TYPES[arg.type], dims)
 
 
-def model_ref(name: str) -> ModelRef:
-    """The example model NAME loaded into onnxruntime (cached)."""
+def model_ref(name: str, repo: Path | None = None) -> ModelRef:
+    """The model REPO/NAME/1/model.onnx (default: the example repository)
+    loaded into onnxruntime (cached)."""
+    path = Path(repo or EXAMPLES) / name / "1" / "model.onnx"
+    key = name if repo is None else str(path)
     with _ORT_LOCK:
-        if name not in _REFS:
+        if key not in _REFS:
             import onnxruntime as ort
 
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = 1
             opts.inter_op_num_threads = 1
             opts.log_severity_level = 3
-            sess = ort.InferenceSession(
-                str(EXAMPLES / name / "1" / "model.onnx"), opts, providers=["CPUExecutionProvider"]
-            )
-            _REFS[name] = ModelRef(
+            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            _REFS[key] = ModelRef(
                 name, sess, [_sig(i) for i in sess.get_inputs()], [_sig(o) for o in sess.get_outputs()]
             )
-        return _REFS[name]
+        return _REFS[key]
 
 
 WORDS = ["cat", "dog", "bird", "fish", "", "ünïcødé", "a b", "🐍 snake", "CAT", "dog "]
 
 
-def random_tensor(rng: np.random.Generator, model: str, sig: TensorSig, rows: int) -> np.ndarray:
-    """Deterministic random data that fits SIG with `rows` in the batch dim."""
-    shape = [rows] + sig.shape[1:]
+def random_tensor(rng: np.random.Generator, model: str, sig: TensorSig, rows: int,
+                  free_dim: int | None = None) -> np.ndarray:
+    """Deterministic random data that fits SIG with `rows` in the batch dim
+    and `free_dim` (drawn from RNG when not given) in any other free dim."""
+    if free_dim is None and -1 in sig.shape[1:]:
+        free_dim = int(rng.integers(1, 9))
+    shape = [rows] + [free_dim if d == -1 else d for d in sig.shape[1:]]
     assert all(d >= 0 for d in shape), (model, sig)
     dt = sig.datatype
     if model == "multi_io" and sig.name == "index":
@@ -389,8 +461,12 @@ def random_tensor(rng: np.random.Generator, model: str, sig: TensorSig, rows: in
     raise AssertionError(f"no generator for {dt}")
 
 
-def random_inputs(rng: np.random.Generator, model: str, rows: int) -> dict[str, np.ndarray]:
-    return {s.name: random_tensor(rng, model, s, rows) for s in model_ref(model).inputs}
+def random_inputs(rng: np.random.Generator, model: str, rows: int, repo: Path | None = None) -> dict[str, np.ndarray]:
+    """One request's inputs; free non-batch dims (seq_sum's sequence length)
+    get one length shared by every input of the request."""
+    sigs = model_ref(model, repo).inputs
+    free_dim = int(rng.integers(1, 9)) if any(-1 in s.shape[1:] for s in sigs) else None
+    return {s.name: random_tensor(rng, model, s, rows, free_dim) for s in sigs}
 
 
 def _as_bytes(x) -> bytes:
@@ -472,6 +548,171 @@ def check_good_request(addr, model: str = "mlp", rows: int = 2, seed: int = 7, b
     want = ref.run(feeds)
     for o in ref.outputs:
         assert_tensor(o.datatype, result.as_numpy(o.name), want[o.name], f"{model}.{o.name}")
+
+
+# --------------------------------------------------------------------------
+# gRPC: tritonclient.grpc, and hand-built messages through the generated stub
+
+GRPC_SERVICE = "inference.GRPCInferenceService"
+
+# The typed field of InferTensorContents each datatype travels in (FP16 has
+# none: it must go in raw_input_contents).
+TYPED_FIELDS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def grpc_client(url: str):
+    """A tritonclient.grpc client; close it when done."""
+    import tritonclient.grpc as grpcclient
+
+    return grpcclient.InferenceServerClient(url=url)
+
+
+class GrpcStub:
+    """`with GrpcStub(url) as stub:` the generated GRPCInferenceServiceStub on
+    its own insecure channel, for messages tritonclient will not build."""
+
+    def __init__(self, url: str):
+        import grpc
+        from tritonclient.grpc import service_pb2_grpc
+
+        self.channel = grpc.insecure_channel(url)
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+
+    def __enter__(self):
+        return self.stub
+
+    def __exit__(self, *exc):
+        self.channel.close()
+
+
+def grpc_inputs(model: str, feeds: dict[str, np.ndarray], repo: Path | None = None):
+    """tritonclient.grpc InferInputs (raw_input_contents, as tritonclient sends them)."""
+    import tritonclient.grpc as grpcclient
+
+    ref = model_ref(model, repo)
+    inputs = []
+    for name, arr in feeds.items():
+        i = grpcclient.InferInput(name, list(arr.shape), ref.input(name).datatype)
+        i.set_data_from_numpy(arr)
+        inputs.append(i)
+    return inputs
+
+
+def grpc_outputs(names: list[str]):
+    import tritonclient.grpc as grpcclient
+
+    return [grpcclient.InferRequestedOutput(n) for n in names]
+
+
+def raw_bytes(datatype: str, arr: np.ndarray) -> bytes:
+    """A tensor's raw_input_contents entry (BYTES: 4-byte little-endian
+    length before each element)."""
+    if datatype == "BYTES":
+        return b"".join(len(b).to_bytes(4, "little") + b for b in (_as_bytes(x) for x in arr.reshape(-1)))
+    return np.asarray(arr).astype(np.dtype(NP_TYPES[datatype]).newbyteorder("<"), copy=False).tobytes()
+
+
+def infer_request(model: str, feeds: dict[str, np.ndarray], typed: bool, *, version: str = "",
+                  request_id: str = "", outputs: list[str] | None = None, repo: Path | None = None,
+                  datatypes: dict[str, str] | None = None):
+    """A ModelInferRequest built by hand: every input in its typed
+    `contents` field (typed=True) or in raw_input_contents. `datatypes`
+    overrides an input's declared datatype (the data is sent as given)."""
+    from tritonclient.grpc import service_pb2
+
+    req = service_pb2.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+    for name, arr in feeds.items():
+        dt = (datatypes or {}).get(name) or model_ref(model, repo).input(name).datatype
+        t = req.inputs.add(name=name, datatype=dt, shape=list(arr.shape))
+        if typed:
+            field_name = TYPED_FIELDS.get(dt)
+            if field_name is None:
+                raise ValueError(f"{dt} has no typed contents field; send it raw")
+            flat = arr.reshape(-1)
+            if dt == "BYTES":
+                values = [_as_bytes(x) for x in flat]
+            elif dt == "BOOL":
+                values = [bool(x) for x in flat]
+            elif dt in ("FP32", "FP64"):
+                values = [float(x) for x in flat]
+            else:
+                values = [int(x) for x in flat]
+            getattr(t.contents, field_name).extend(values)
+        else:
+            req.raw_input_contents.append(raw_bytes(dt, arr))
+    for n in outputs or []:
+        req.outputs.add(name=n)
+    return req
+
+
+def grpc_result(response):
+    """A tritonclient.grpc InferResult from a ModelInferResponse."""
+    from tritonclient.grpc import InferResult
+
+    return InferResult(response)
+
+
+def check_grpc_outputs(model: str, response, feeds: dict[str, np.ndarray], names: list[str] | None = None,
+                       repo: Path | None = None, what: str = ""):
+    """RESPONSE (a ModelInferResponse) holds exactly the outputs NAMES (default:
+    all, in the model's order) with ONNX Runtime's values for FEEDS."""
+    ref = model_ref(model, repo)
+    names = names or [o.name for o in ref.outputs]
+    want = ref.run(feeds, names)
+    assert response.model_name == model, response.model_name
+    assert response.model_version == "1", response.model_version
+    assert [o.name for o in response.outputs] == names, [o.name for o in response.outputs]
+    # outputs always come back raw, one entry per output
+    assert len(response.raw_output_contents) == len(names), (len(response.raw_output_contents), names)
+    result = grpc_result(response)
+    for o in response.outputs:
+        sig = ref.output(o.name)
+        assert o.datatype == sig.datatype, (o.name, o.datatype, sig.datatype)
+        assert list(o.shape) == list(want[o.name].shape), (o.name, list(o.shape), want[o.name].shape)
+        assert_tensor(sig.datatype, result.as_numpy(o.name), want[o.name], f"{what}{model}.{o.name}")
+
+
+def check_good_grpc_request(url: str, model: str = "mlp", rows: int = 2, seed: int = 7, typed: bool = False):
+    """One valid gRPC request whose every output is checked against ONNX
+    Runtime: the server still serves correctly after whatever came before."""
+    feeds = random_inputs(np.random.default_rng(seed), model, rows)
+    with GrpcStub(url) as stub:
+        response = stub.ModelInfer(infer_request(model, feeds, typed, request_id=f"good-{seed}"), timeout=60)
+    assert response.id == f"good-{seed}"
+    check_grpc_outputs(model, response, feeds, what="good request after an error: ")
+
+
+def grpc_code_name(e) -> str:
+    """The status code's name ("NOT_FOUND") of a grpc.RpcError or of a
+    tritonclient InferenceServerException (whose status() is "StatusCode.X")."""
+    code = e.code() if hasattr(e, "code") and callable(e.code) else None
+    if code is not None:
+        return code.name
+    return str(e.status() or "").removeprefix("StatusCode.")
+
+
+# --------------------------------------------------------------------------
+# process memory
+
+
+def rss_bytes(pid: int) -> int | None:
+    """VmRSS of process PID from /proc, None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
 
 
 # --------------------------------------------------------------------------

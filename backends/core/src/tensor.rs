@@ -51,7 +51,7 @@ impl Tensor {
         match dtype.element_size() {
             Some(size) => {
                 // A shape too large to address can never match the data.
-                let expected = count.checked_mul(size).unwrap_or(usize::MAX);
+                let expected = count.saturating_mul(size);
                 if data.len() != expected {
                     return Err(TensorError::ByteLength {
                         dtype,

@@ -28,7 +28,8 @@ struct Reply {
     header_len: HeaderValue,
 }
 
-/// Runs until killed; prints `minimal server listening on ADDR` when ready.
+/// Runs until killed; prints `HTTP server listening on ADDR` when ready, as
+/// ferroserve does.
 pub fn main() -> Result<()> {
     let size: usize = env_number(RESPONSE_BYTES_ENV)?;
     let header_len: usize = env_number(HEADER_LEN_ENV)?;
@@ -43,7 +44,7 @@ pub fn main() -> Result<()> {
         .build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        eprintln!("minimal server listening on {}", listener.local_addr()?);
+        eprintln!("HTTP server listening on {}", listener.local_addr()?);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().keep_alive(true).timer(TokioTimer::new());
         let builder = Arc::new(builder);

@@ -16,6 +16,9 @@ pub struct Bundle {
     /// The input's dims after the batch dimension.
     pub row_shape: Vec<i64>,
     pub output: String,
+    /// Bytes of one row of the output (its fixed dims after the batch
+    /// dimension times its element size), so answers can be checked.
+    pub output_row_bytes: usize,
     pub max_batch_size: usize,
     /// Intra-op threads as the server resolves them, so the in-process
     /// reference runs ONNX Runtime exactly as the server does.
@@ -45,19 +48,34 @@ impl Bundle {
         if input.get("datatype").and_then(|v| v.as_str()) != Some("FP32") {
             bail!("{}: the benchmark sends FP32 inputs only", file.display());
         }
-        let shape: Vec<i64> = input
-            .get("shape")
-            .and_then(|v| v.as_array())
-            .context("input shape")?
-            .iter()
-            .map(|d| d.as_integer().context("input shape dims are integers"))
-            .collect::<Result<_>>()?;
-        if shape.first() != Some(&-1) || shape[1..].iter().any(|&d| d < 1) {
-            bail!(
-                "{}: the benchmark needs input shape [-1, fixed dims…], got {shape:?}",
+        let batched_shape = |tensor: &toml::Value, what: &str| -> Result<Vec<i64>> {
+            let shape: Vec<i64> = tensor
+                .get("shape")
+                .and_then(|v| v.as_array())
+                .with_context(|| format!("{}: {what} shape", file.display()))?
+                .iter()
+                .map(|d| d.as_integer().context("shape dims are integers"))
+                .collect::<Result<_>>()?;
+            if shape.first() != Some(&-1) || shape[1..].iter().any(|&d| d < 1) {
+                bail!(
+                    "{}: the benchmark needs {what} shape [-1, fixed dims…], got {shape:?}",
+                    file.display()
+                );
+            }
+            Ok(shape)
+        };
+        let shape = batched_shape(input, "input")?;
+        let output_shape = batched_shape(output, "output")?;
+        let output_datatype = output
+            .get("datatype")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        let output_element_bytes = element_bytes(output_datatype).with_context(|| {
+            format!(
+                "{}: the benchmark checks answers by size and cannot size {output_datatype:?} outputs",
                 file.display()
-            );
-        }
+            )
+        })?;
         let int = |table: &str, key: &str| -> usize {
             doc.get(table)
                 .and_then(|t| t.get(key))
@@ -85,6 +103,8 @@ impl Bundle {
             input: name_of(input),
             row_shape: shape[1..].to_vec(),
             output: name_of(output),
+            output_row_bytes: output_shape[1..].iter().product::<i64>() as usize
+                * output_element_bytes,
             max_batch_size: int("batching", "max_batch_size"),
             intra_op_threads,
         })
@@ -139,6 +159,18 @@ impl Bundle {
                 .header("content-type", "application/octet-stream")?,
         )
     }
+}
+
+/// Bytes per element of a fixed-size datatype; `None` for BYTES (strings
+/// have no fixed size) and unknown names.
+fn element_bytes(datatype: &str) -> Option<usize> {
+    Some(match datatype {
+        "BOOL" | "UINT8" | "INT8" => 1,
+        "UINT16" | "INT16" | "FP16" | "BF16" => 2,
+        "UINT32" | "INT32" | "FP32" => 4,
+        "UINT64" | "INT64" | "FP64" => 8,
+        _ => return None,
+    })
 }
 
 /// The highest numbered version folder of a model.

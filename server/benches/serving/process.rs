@@ -15,20 +15,48 @@ use anyhow::{bail, Context, Result};
 /// Lines of the child's stderr kept for error messages.
 const LOG_TAIL: usize = 40;
 
+/// A port a server announces on stderr as `<PROTOCOL> server listening on
+/// ADDR` (ferroserve logs one line for HTTP and one for gRPC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Http,
+    Grpc,
+}
+
+impl Listener {
+    const ALL: [Listener; 2] = [Listener::Http, Listener::Grpc];
+
+    fn announcement(self) -> &'static str {
+        match self {
+            Listener::Http => "HTTP server listening on ",
+            Listener::Grpc => "gRPC server listening on ",
+        }
+    }
+}
+
 pub struct ServerProcess {
     name: String,
     child: Child,
+    /// The HTTP address.
     pub addr: SocketAddr,
+    /// The gRPC address, when the server was started expecting one.
+    pub grpc_addr: Option<SocketAddr>,
     log: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl ServerProcess {
-    /// Starts `cmd` and waits for the stderr line `… listening on ADDR`.
+    /// Starts `cmd` and waits until it has announced its HTTP listener, and
+    /// every other one in `listeners`, on stderr.
     ///
     /// stderr is read on its own thread for the whole life of the child: a
     /// server that logs under load would otherwise block once the pipe
     /// buffer fills, and the benchmark would measure the pipe.
-    pub fn start(name: &str, mut cmd: Command, ready_within: Duration) -> Result<ServerProcess> {
+    pub fn start(
+        name: &str,
+        mut cmd: Command,
+        listeners: &[Listener],
+        ready_within: Duration,
+    ) -> Result<ServerProcess> {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -46,8 +74,8 @@ impl ServerProcess {
                 .spawn(move || {
                     for line in BufReader::new(stderr).lines() {
                         let Ok(line) = line else { break };
-                        if let Some(addr) = listening_addr(&line) {
-                            let _ = tx.send(addr);
+                        if let Some(found) = listening_addr(&line) {
+                            let _ = tx.send(found);
                         }
                         let mut log = log.lock().expect("log lock");
                         if log.len() == LOG_TAIL {
@@ -62,25 +90,39 @@ impl ServerProcess {
             name: name.to_string(),
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            grpc_addr: None,
             log,
         };
-        match rx.recv_timeout(ready_within) {
-            Ok(addr) => {
-                process.addr = addr;
-                Ok(process)
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = process.child.wait().ok();
-                bail!(
-                    "{name} exited before it was ready ({status:?}); its last log lines:\n{}",
-                    process.log_tail()
-                )
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => bail!(
-                "{name} was not listening after {ready_within:?}; its last log lines:\n{}",
-                process.log_tail()
-            ),
+        let deadline = Instant::now() + ready_within;
+        let mut waiting: Vec<Listener> = listeners.to_vec();
+        if !waiting.contains(&Listener::Http) {
+            waiting.push(Listener::Http);
         }
+        while !waiting.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((listener, addr)) => {
+                    match listener {
+                        Listener::Http => process.addr = addr,
+                        Listener::Grpc => process.grpc_addr = Some(addr),
+                    }
+                    waiting.retain(|&l| l != listener);
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = process.child.wait().ok();
+                    bail!(
+                        "{name} exited before it was ready ({status:?}); its last log lines:\n{}",
+                        process.log_tail()
+                    )
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => bail!(
+                    "{name} had not announced its {waiting:?} listener(s) after {ready_within:?}; \
+                     its last log lines:\n{}",
+                    process.log_tail()
+                ),
+            }
+        }
+        Ok(process)
     }
 
     pub fn pid(&self) -> u32 {
@@ -141,12 +183,17 @@ impl Drop for ServerProcess {
     }
 }
 
-/// The address in a `… listening on 127.0.0.1:PORT` log line.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
-    let token: String = rest
-        .chars()
-        .take_while(|c| !c.is_whitespace() && *c != '\u{1b}')
-        .collect();
-    token.trim_end_matches([',', '.', ';']).parse().ok()
+/// The listener and address in a `… HTTP server listening on 127.0.0.1:PORT`
+/// (or `gRPC server …`) log line, whatever the logger put before it.
+fn listening_addr(line: &str) -> Option<(Listener, SocketAddr)> {
+    Listener::ALL.into_iter().find_map(|listener| {
+        let announcement = listener.announcement();
+        let rest = &line[line.find(announcement)? + announcement.len()..];
+        let token: String = rest
+            .chars()
+            .take_while(|c| !c.is_whitespace() && *c != '\u{1b}')
+            .collect();
+        let addr = token.trim_end_matches([',', '.', ';']).parse().ok()?;
+        Some((listener, addr))
+    })
 }

@@ -58,24 +58,36 @@ pub fn decode_request(msg: ModelInferRequest) -> Result<GrpcRequest, InferError>
         None => None,
         Some(ParameterChoice::Int64Param(v)) if *v >= 0 => Some(Duration::from_micros(*v as u64)),
         Some(ParameterChoice::Uint64Param(v)) => Some(Duration::from_micros(*v)),
-        Some(other) => return Err(invalid(format!(
+        Some(other) => {
+            return Err(invalid(format!(
             "parameters.timeout must be a non-negative integer of microseconds, received {other:?}"
-        ))),
+        )))
+        }
     };
     let outputs = if outputs.is_empty() {
         None
     } else {
         let mut list = Vec::with_capacity(outputs.len());
         for o in outputs {
-            if o.parameters.contains_key("classification") {
-                return Err(invalid(format!(
-                    "output {:?}: the classification extension is not supported by this server",
-                    o.name
-                )));
-            }
+            let classification = match o
+                .parameters
+                .get("classification")
+                .and_then(|p| p.parameter_choice.as_ref())
+            {
+                None => None,
+                Some(ParameterChoice::Int64Param(k)) if *k > 0 => Some(*k as usize),
+                Some(ParameterChoice::Uint64Param(k)) if *k > 0 => Some(*k as usize),
+                Some(other) => {
+                    return Err(invalid(format!(
+                        "output {:?}: parameters.classification must be a positive integer (the number of top classes), received {other:?}",
+                        o.name
+                    )))
+                }
+            };
             list.push(RequestedOutput {
                 name: o.name,
                 binary: true,
+                classification,
             });
         }
         Some(list)

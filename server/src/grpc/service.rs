@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
+use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{self, GrpcRequest};
@@ -17,6 +18,7 @@ use super::proto::grpc_inference_service_server::{
 use super::proto::model_infer_response::InferOutputTensor;
 use super::proto::model_metadata_response::TensorMetadata;
 use super::proto::*;
+use crate::classification;
 use crate::http::{select_outputs, AppState, EXTENSIONS};
 use crate::infer::InferError;
 
@@ -46,7 +48,11 @@ pub struct Grpc {
 }
 
 pub fn service(state: Arc<AppState>, limits: &GrpcLimits) -> GrpcInferenceServiceServer<Grpc> {
+    // Compressed requests are accepted (tritonclient's compression_algorithm);
+    // the size limit applies to the decompressed message.
     GrpcInferenceServiceServer::new(Grpc { state })
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Deflate)
         .max_decoding_message_size(limits.max_message_bytes)
         .max_encoding_message_size(limits.max_message_bytes)
 }
@@ -104,10 +110,19 @@ impl Grpc {
                 (a, b) => a.or(b),
             };
             let output = model.infer(request.inputs, timeout).await?;
+            let classified = classification::classify_selected(
+                &model,
+                request.outputs.as_deref(),
+                &selected,
+                &output.outputs,
+            )?;
             let mut outputs = Vec::with_capacity(selected.len());
             let mut raw = Vec::with_capacity(selected.len());
-            for &(i, _) in &selected {
-                let t = &output.outputs[i];
+            for (n, &(i, _)) in selected.iter().enumerate() {
+                let t = classified
+                    .get(n)
+                    .and_then(Option::as_ref)
+                    .unwrap_or(&output.outputs[i]);
                 outputs.push(InferOutputTensor {
                     name: model.signature.outputs[i].name.clone(),
                     datatype: t.dtype.as_str().to_string(),
@@ -160,13 +175,16 @@ impl GrpcInferenceService for Grpc {
         &self,
         req: Request<ModelReadyRequest>,
     ) -> Result<Response<ModelReadyResponse>, Status> {
+        // An unknown model or version is simply not ready, as Triton answers;
+        // clients ask this to poll for a model that is still loading.
         let r = req.into_inner();
-        self.state
+        let known = self
+            .state
             .models
             .get(&r.name, non_empty(&r.version))
-            .map_err(|e| status_of(&e))?;
+            .is_ok();
         Ok(Response::new(ModelReadyResponse {
-            ready: self.state.is_ready(),
+            ready: known && self.state.is_ready(),
         }))
     }
 
@@ -239,7 +257,16 @@ impl GrpcInferenceService for Grpc {
                 match inbound.message().await {
                     Ok(Some(msg)) => {
                         let this = this.clone();
-                        let task = tokio::spawn(async move { this.infer(msg, deadline).await });
+                        // Kept so an error answer still names its request.
+                        let echo = ModelInferResponse {
+                            model_name: msg.model_name.clone(),
+                            model_version: msg.model_version.clone(),
+                            id: msg.id.clone(),
+                            ..Default::default()
+                        };
+                        let task = tokio::spawn(async move {
+                            this.infer(msg, deadline).await.map_err(|e| (e, echo))
+                        });
                         if pending_tx.send(task).await.is_err() {
                             return;
                         }
@@ -259,9 +286,9 @@ impl GrpcInferenceService for Grpc {
                         error_message: String::new(),
                         infer_response: Some(response),
                     },
-                    Ok(Err(e)) => ModelStreamInferResponse {
+                    Ok(Err((e, echo))) => ModelStreamInferResponse {
                         error_message: e.to_string(),
-                        infer_response: None,
+                        infer_response: Some(echo),
                     },
                     Err(_) => ModelStreamInferResponse {
                         error_message: "the request's task failed".into(),

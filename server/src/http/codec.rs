@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::json_data::{write_data, Flatten, Sink};
+use crate::classification;
 use crate::infer::InferError;
 
 #[derive(Deserialize)]
@@ -48,6 +49,9 @@ struct OutputHeader {
 pub struct RequestedOutput {
     pub name: String,
     pub binary: bool,
+    /// The classification extension: return the top N classes of this
+    /// output as `"score:index[:label]"` strings instead of its values.
+    pub classification: Option<usize>,
 }
 
 /// A decoded inference request, before validation against the model.
@@ -184,19 +188,24 @@ pub fn decode_request(body: Bytes, header_len: Option<usize>) -> Result<InferReq
         Some(list) => {
             let mut out = Vec::with_capacity(list.len());
             for o in list {
-                if o.parameters
-                    .as_ref()
-                    .is_some_and(|p| p.contains_key("classification"))
-                {
-                    return Err(invalid(format!(
-                        "output {:?}: the classification extension is not supported by this server",
-                        o.name
-                    )));
-                }
+                let classification =
+                    match o.parameters.as_ref().and_then(|p| p.get("classification")) {
+                        None => None,
+                        Some(v) => match v.as_u64() {
+                            Some(n) if n > 0 => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+                            _ => {
+                                return Err(invalid(format!(
+                                    "output {:?}: parameters.classification must be a positive integer (the number of top classes to return), received {v}",
+                                    o.name
+                                )))
+                            }
+                        },
+                    };
                 let binary = flag(&o.parameters, "binary_data").unwrap_or(binary_data_output);
                 out.push(RequestedOutput {
                     name: o.name,
                     binary,
+                    classification,
                 });
             }
             Some(out)
@@ -212,7 +221,9 @@ pub fn decode_request(body: Bytes, header_len: Option<usize>) -> Result<InferReq
     })
 }
 
-/// Resolves the requested outputs to indexes into the model's outputs.
+/// Resolves the requested outputs to indexes into the model's outputs, in
+/// the order requested. An output asking for classification must be one
+/// that can be classified; that is checked here, before inference runs.
 pub fn select_outputs(
     signature: &Signature,
     requested: &Option<Vec<RequestedOutput>>,
@@ -225,11 +236,10 @@ pub fn select_outputs(
         Some(list) => list
             .iter()
             .map(|r| {
-                signature
+                let i = signature
                     .outputs
                     .iter()
                     .position(|s| s.name == r.name)
-                    .map(|i| (i, r.binary))
                     .ok_or_else(|| {
                         invalid(format!(
                             "unknown output {:?}: the model's outputs are {:?}",
@@ -240,7 +250,11 @@ pub fn select_outputs(
                                 .map(|s| s.name.as_str())
                                 .collect::<Vec<_>>()
                         ))
-                    })
+                    })?;
+                if let Some(k) = r.classification {
+                    classification::check(&r.name, signature.outputs[i].dtype, k)?;
+                }
+                Ok((i, r.binary))
             })
             .collect(),
     }
@@ -261,6 +275,9 @@ pub struct ResponseParts<'a> {
     pub signature: &'a Signature,
     pub outputs: &'a [Tensor],
     pub selected: &'a [(usize, bool)],
+    /// Parallel to `selected` (or empty when no output asked for it): the
+    /// classification tensor that replaces that output's values.
+    pub classified: &'a [Option<Tensor>],
 }
 
 /// Writes the response by hand rather than through a serde tree: tensor data
@@ -285,8 +302,12 @@ pub fn encode_response(p: ResponseParts<'_>) -> Result<EncodedResponse, InferErr
     }
     json.extend_from_slice(b",\"outputs\":[");
     let mut binary_len = 0usize;
+    let tensor = |n: usize, i: usize| match p.classified.get(n) {
+        Some(Some(c)) => c,
+        _ => &p.outputs[i],
+    };
     for (n, &(i, binary)) in p.selected.iter().enumerate() {
-        let t = &p.outputs[i];
+        let t = tensor(n, i);
         let name = &p.signature.outputs[i].name;
         if n > 0 {
             json.push(b',');
@@ -319,9 +340,9 @@ pub fn encode_response(p: ResponseParts<'_>) -> Result<EncodedResponse, InferErr
     let header_len = json.len();
     let mut body = BytesMut::with_capacity(header_len + binary_len);
     body.extend_from_slice(&json);
-    for &(i, binary) in p.selected {
+    for (n, &(i, binary)) in p.selected.iter().enumerate() {
         if binary {
-            body.extend_from_slice(&p.outputs[i].data);
+            body.extend_from_slice(&tensor(n, i).data);
         }
     }
     Ok(EncodedResponse {
@@ -352,8 +373,65 @@ mod tests {
             r.outputs.unwrap()[0],
             RequestedOutput {
                 name: "o".into(),
-                binary: true
+                binary: true,
+                classification: None,
             }
+        );
+    }
+
+    #[test]
+    fn classification_parameter_is_a_positive_integer() {
+        let body = |v: &str| {
+            Bytes::from(format!(
+                r#"{{"inputs":[],"outputs":[{{"name":"probs","parameters":{{"classification":{v}}}}}]}}"#
+            ))
+        };
+        let r = decode_request(body("3"), None).unwrap();
+        assert_eq!(r.outputs.unwrap()[0].classification, Some(3));
+        for bad in ["0", "-1", "\"x\"", "2.5", "null", "true"] {
+            let m = msg(decode_request(body(bad), None));
+            assert!(
+                m.contains("\"probs\"")
+                    && m.contains("positive integer")
+                    && m.contains(&format!("received {bad}")),
+                "{bad}: {m}"
+            );
+        }
+    }
+
+    #[test]
+    fn classification_of_a_non_numeric_output_is_refused_before_inference() {
+        use ferroserve_backend_core::TensorSpec;
+        let signature = Signature {
+            inputs: vec![],
+            outputs: vec![
+                TensorSpec {
+                    name: "p".into(),
+                    dtype: DataType::Fp32,
+                    shape: vec![-1, 10],
+                },
+                TensorSpec {
+                    name: "echo".into(),
+                    dtype: DataType::Bytes,
+                    shape: vec![-1, 1],
+                },
+            ],
+        };
+        let req = |name: &str| {
+            Some(vec![RequestedOutput {
+                name: name.into(),
+                binary: false,
+                classification: Some(2),
+            }])
+        };
+        assert_eq!(
+            select_outputs(&signature, &req("p"), false).unwrap(),
+            vec![(0, false)]
+        );
+        let e = select_outputs(&signature, &req("echo"), false).unwrap_err();
+        assert!(
+            e.to_string().contains("\"echo\"") && e.to_string().contains("BYTES"),
+            "{e}"
         );
     }
 

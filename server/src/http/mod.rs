@@ -1,5 +1,7 @@
-//! The HTTP front end: hyper 1 serving HTTP/1.1 (keep-alive) and h2c on one
-//! port, with graceful shutdown.
+//! The HTTP front end: hyper 1 serving HTTP/1.1 (keep-alive) and h2 (h2c, or
+//! negotiated by ALPN under TLS) on one port, with graceful shutdown.
+//! Connection limits, TLS and authentication come from the shared accept
+//! loop in [`crate::listener`].
 
 mod codec;
 mod json_data;
@@ -22,21 +24,19 @@ use crate::models::ModelTable;
 pub use codec::{decode_request, select_outputs, InferRequest, RequestedOutput};
 pub use routes::EXTENSIONS;
 
-/// Limits applied to every HTTP request.
+/// Limits applied to every HTTP request. Connection-level limits (header
+/// read and idle timeouts, connection count, HTTP/2 settings) are the
+/// listener's: see [`crate::listener::ConnLimits`].
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
     /// Bodies larger than this are refused with 413 before being read.
     pub max_body_bytes: usize,
-    /// A client that has not sent its request headers within this time is
-    /// disconnected, so slow clients cannot hold connections forever.
-    pub header_read_timeout: Duration,
 }
 
 impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
             max_body_bytes: 64 << 20,
-            header_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -61,12 +61,10 @@ impl AppState {
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
+    opts: &ConnOptions,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
-    let opts = ConnOptions {
-        header_read_timeout: state.limits.header_read_timeout,
-    };
     let service = service_fn(move |req| routes::handle(Arc::clone(&state), req));
-    listener::serve(listener, service, &opts, shutdown, grace).await;
+    listener::serve(listener, service, opts, shutdown, grace).await;
 }

@@ -14,11 +14,12 @@ use serde_json::json;
 use super::codec::{self, ResponseParts};
 use super::reply::{self, Body};
 use super::AppState;
+use crate::classification;
 use crate::infer::InferError;
 use crate::model::Model;
 
 /// The extensions of the protocol this server implements, as listed by `/v2`.
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "parameters"];
+pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "classification", "parameters"];
 
 const HEADER_LENGTH: &str = "inference-header-content-length";
 
@@ -203,33 +204,13 @@ async fn run_infer(
         &request.outputs,
         request.binary_data_output,
     )?;
-    let (rx, deadline) = model.submit(request.inputs, request.timeout)?;
-    let output = match tokio::time::timeout_at(deadline.into(), rx).await {
-        Ok(Ok(result)) => result?,
-        Ok(Err(_)) => {
-            return Err(InferError::Backend(
-                "the model's worker stopped before answering".into(),
-            ))
-        }
-        Err(_) => {
-            return Err(InferError::Timeout(format!(
-                "request timed out after {} ms",
-                model
-                    .manifest
-                    .batching
-                    .timeout_ms
-                    .min(request.timeout.map_or(u64::MAX, |t| t.as_millis() as u64))
-            )))
-        }
-    };
-    model
-        .metrics
-        .queue_duration
-        .observe(output.queue_time.as_secs_f64());
-    model
-        .metrics
-        .compute_duration
-        .observe(output.compute_time.as_secs_f64());
+    let output = model.infer(request.inputs, request.timeout).await?;
+    let classified = classification::classify_selected(
+        model,
+        request.outputs.as_deref(),
+        &selected,
+        &output.outputs,
+    )?;
     let encoded = codec::encode_response(ResponseParts {
         model_name: &model.name,
         model_version: &model.version_label,
@@ -238,6 +219,7 @@ async fn run_infer(
         signature: &model.signature,
         outputs: &output.outputs,
         selected: &selected,
+        classified: &classified,
     })?;
     let mut r = Response::new(Body::new(encoded.body));
     let headers = r.headers_mut();

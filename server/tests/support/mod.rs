@@ -47,6 +47,12 @@ pub struct Server {
 
 impl Server {
     pub fn start(repo: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(repo, extra, &[])
+    }
+
+    /// Like [`Server::start`], with extra environment variables (applied
+    /// after the default `RUST_LOG=info`, so they may override it).
+    pub fn start_with_env(repo: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferroserve"))
             .args(["serve", "--repo"])
             .arg(repo)
@@ -60,6 +66,7 @@ impl Server {
             ])
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -118,6 +125,18 @@ impl Server {
         request(self.addr, method, path, headers, body)
     }
 
+    /// Everything the server logged so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The `/metrics` page (over plain HTTP).
+    pub fn metrics(&self) -> String {
+        let r = self.request("GET", "/metrics", &[], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.text()
+    }
+
     /// Sends SIGTERM and waits for a clean exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id() as i32;
@@ -143,6 +162,15 @@ fn send_sigterm(pid: i32) {
 /// Runs `ferroserve serve` on a repository expected to fail at start-up and
 /// returns its exit status and stderr.
 pub fn start_failure(repo: &Path, envs: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    start_failure_with_args(repo, &[], envs)
+}
+
+/// Like [`start_failure`], with extra command-line arguments.
+pub fn start_failure_with_args(
+    repo: &Path,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> (std::process::ExitStatus, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ferroserve"))
         .args(["serve", "--repo"])
         .arg(repo)
@@ -154,6 +182,7 @@ pub fn start_failure(repo: &Path, envs: &[(&str, &str)]) -> (std::process::ExitS
             "--grpc-port",
             "0",
         ])
+        .args(extra)
         .envs(envs.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -258,6 +287,20 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&b[nl + 2..nl + 2 + size]);
         b = &b[nl + 2 + size + 2..];
     }
+}
+
+/// The value of one series in Prometheus text, e.g.
+/// `metric_value(text, "ferroserve_rejected_requests_total", r#"reason="unauthorized""#)`;
+/// an empty `labels` means a series without labels.
+pub fn metric_value(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let key = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .map(|v| v.trim().parse().unwrap())
 }
 
 pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
