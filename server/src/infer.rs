@@ -30,6 +30,9 @@ pub enum InferError {
     QueueFull(String),
     #[error("{0}")]
     Timeout(String),
+    /// The client was too slow sending its request.
+    #[error("{0}")]
+    ClientTimeout(String),
     #[error("{0}")]
     Backend(String),
     /// The server or model is shutting down or not ready.
@@ -46,6 +49,7 @@ impl InferError {
             InferError::PayloadTooLarge(_) => "payload_too_large",
             InferError::QueueFull(_) => "queue_full",
             InferError::Timeout(_) => "timeout",
+            InferError::ClientTimeout(_) => "client_timeout",
             InferError::Backend(_) => "backend_error",
             InferError::Unavailable(_) => "unavailable",
         }

@@ -63,6 +63,10 @@ struct ServeArgs {
     /// Largest request body accepted, in bytes; larger bodies get 413.
     #[arg(long, default_value_t = 64 << 20, help_heading = "Limits")]
     max_body_bytes: usize,
+    /// Seconds a client has to send a request body once its headers have
+    /// arrived; a slower body gets 408 and the connection is closed.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits")]
+    body_read_timeout_s: u64,
     /// Seconds to let in-flight requests finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30)]
     shutdown_grace_s: u64,
@@ -165,6 +169,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         metrics,
         limits: HttpLimits {
             max_body_bytes: args.max_body_bytes,
+            body_read_timeout: Duration::from_secs(args.body_read_timeout_s),
         },
         ready: AtomicBool::new(false),
     });

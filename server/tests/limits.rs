@@ -319,3 +319,66 @@ async fn oversized_grpc_message_is_resource_exhausted() {
         "{m}"
     );
 }
+
+/// A client that sends its headers promptly but trickles the body is cut off
+/// by the body read timeout (408, counted), while a good client is served.
+#[test]
+fn slow_body_gets_408_while_others_are_served() {
+    let server = Server::start(&examples_repo(), &["--body-read-timeout-s", "2"]);
+    let addr = server.addr;
+    let slow = std::thread::spawn(move || {
+        let body = mlp_json(1);
+        let mut s = TcpStream::connect(addr).unwrap();
+        let head = format!(
+            "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let started = Instant::now();
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 1024];
+        for &byte in body.iter().take(body.len() - 1) {
+            if started.elapsed() > HANG_GUARD {
+                break;
+            }
+            if s.write_all(&[byte]).is_err() {
+                break;
+            }
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => break,
+            }
+            if raw.windows(4).any(|w| w == b"\r\n\r\n") {
+                // Read whatever else of the answer is there, then stop.
+                let _ = s.read_to_end(&mut raw);
+                break;
+            }
+        }
+        raw
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    good_infer(&server);
+    let raw = slow.join().unwrap();
+    let reply = support::parse_response(&raw);
+    assert_eq!(reply.status, 408, "{}", reply.text());
+    assert!(
+        reply.text().contains("did not arrive within 2 s"),
+        "{}",
+        reply.text()
+    );
+    good_infer(&server);
+    let m = server.metrics();
+    assert_eq!(
+        counter(
+            &m,
+            "ferroserve_rejected_requests_total",
+            "body_read_timeout"
+        ),
+        1.0,
+        "{m}"
+    );
+}

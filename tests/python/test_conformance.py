@@ -349,3 +349,18 @@ def test_json_output_of_non_finite_floats_is_lossless_or_refused(addr):
             np.testing.assert_array_equal(got, want, err_msg=f"{n}: 200 with altered values ({resp.body[:300]!r})")
 
     _lossless_or_refused(resp, check)
+
+
+@pytest.mark.parametrize("call", [
+    lambda c: c.get_system_shared_memory_status(),
+    lambda c: c.register_system_shared_memory("r0", "/ferro_shm", 64),
+    lambda c: c.get_cuda_shared_memory_status(),
+], ids=["system_status", "system_register", "cuda_status"])
+def test_shared_memory_is_reported_unsupported(triton, call):
+    """Shared-memory extensions are absent: 501 with a message that says so,
+    and the server keeps serving."""
+    with pytest.raises(InferenceServerException) as raised:
+        call(triton)
+    assert "not supported" in str(raised.value), str(raised.value)
+    assert "systemsharedmemory" not in triton.get_server_metadata()["extensions"]
+    assert triton.is_model_ready("mlp")

@@ -235,6 +235,31 @@ def test_message_over_limit_is_resource_exhausted(start_server, make_repo):
     ferro.check_good_request(srv.addr, "mlp", rows=32)
 
 
+def test_stream_message_over_limit_ends_the_stream_with_resource_exhausted(start_server, make_repo):
+    """A too-large message on a stream: the requests before it are answered,
+    then the stream ends with RESOURCE_EXHAUSTED (counted), and the server
+    serves the next stream."""
+    srv = start_server(make_repo({"mlp": None}), "--max-grpc-message-bytes", "4096")
+    rng = np.random.default_rng(41)
+    small = [ferro.random_inputs(rng, "mlp", 1) for _ in range(3)]
+    requests = [ferro.infer_request("mlp", f, typed=False, request_id=f"s{i}") for i, f in enumerate(small)]
+    requests.append(ferro.infer_request("mlp", {"input": np.zeros((32, 64), np.float32)}, typed=False))
+    before = ferro.scrape(srv.addr).value("ferroserve_rejected_requests_total", reason="grpc_message_too_large")
+    answers = []
+    with ferro.GrpcStub(srv.grpc_url) as stub:
+        with pytest.raises(grpc.RpcError) as raised:
+            for answer in stub.ModelStreamInfer(iter(requests), timeout=60):
+                answers.append(answer)
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, raised.value.details()
+    assert [a.infer_response.id for a in answers] == ["s0", "s1", "s2"]
+    for a, feeds in zip(answers, small):
+        assert a.error_message == ""
+        ferro.check_grpc_outputs("mlp", a.infer_response, feeds)
+    after = ferro.scrape(srv.addr).value("ferroserve_rejected_requests_total", reason="grpc_message_too_large")
+    assert after - before == 1
+    ferro.check_good_grpc_request(srv.grpc_url, "mlp", rows=1)
+
+
 # ---------------------------------------------------------------- full queue
 
 

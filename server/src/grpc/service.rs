@@ -65,7 +65,7 @@ pub fn status_of(e: &InferError) -> Status {
         InferError::PayloadTooLarge(_) | InferError::QueueFull(_) => {
             Status::resource_exhausted(msg)
         }
-        InferError::Timeout(_) => Status::deadline_exceeded(msg),
+        InferError::Timeout(_) | InferError::ClientTimeout(_) => Status::deadline_exceeded(msg),
         InferError::Backend(_) => Status::internal(msg),
         InferError::Unavailable(_) => Status::unavailable(msg),
     }
@@ -149,6 +149,13 @@ impl Grpc {
 
 fn non_empty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
+}
+
+/// What the stream's writer waits on, in arrival order.
+enum Pending {
+    Task(tokio::task::JoinHandle<Result<ModelInferResponse, (InferError, ModelInferResponse)>>),
+    /// The inbound stream failed: end the response stream with this status.
+    End(Status),
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>>;
@@ -267,20 +274,41 @@ impl GrpcInferenceService for Grpc {
                         let task = tokio::spawn(async move {
                             this.infer(msg, deadline).await.map_err(|e| (e, echo))
                         });
-                        if pending_tx.send(task).await.is_err() {
+                        if pending_tx.send(Pending::Task(task)).await.is_err() {
                             return;
                         }
                     }
                     Ok(None) => return,
                     Err(status) => {
+                        // A message that cannot be read (too large, corrupt)
+                        // ends the stream; the client is told why, after the
+                        // answers to the requests before it.
                         tracing::debug!(%status, "inference stream ended with an error");
+                        let status = if status.code() == tonic::Code::OutOfRange {
+                            this.state
+                                .metrics
+                                .rejected
+                                .with_label_values(&["grpc_message_too_large"])
+                                .inc();
+                            Status::resource_exhausted(status.message().to_owned())
+                        } else {
+                            status
+                        };
+                        let _ = pending_tx.send(Pending::End(status)).await;
                         return;
                     }
                 }
             }
         });
         tokio::spawn(async move {
-            while let Some(task) = pending_rx.recv().await {
+            while let Some(pending) = pending_rx.recv().await {
+                let task = match pending {
+                    Pending::Task(task) => task,
+                    Pending::End(status) => {
+                        let _ = out_tx.send(Err(status)).await;
+                        return;
+                    }
+                };
                 let answer = match task.await {
                     Ok(Ok(response)) => ModelStreamInferResponse {
                         error_message: String::new(),

@@ -31,12 +31,17 @@ pub use routes::EXTENSIONS;
 pub struct HttpLimits {
     /// Bodies larger than this are refused with 413 before being read.
     pub max_body_bytes: usize,
+    /// A body that has not fully arrived this long after its headers gets
+    /// 408: the header read timeout does not cover a client that trickles
+    /// the body instead.
+    pub body_read_timeout: Duration,
 }
 
 impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
             max_body_bytes: 64 << 20,
+            body_read_timeout: Duration::from_secs(60),
         }
     }
 }

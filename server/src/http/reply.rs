@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 
@@ -37,6 +37,7 @@ pub fn status_of(e: &InferError) -> StatusCode {
         InferError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         InferError::QueueFull(_) | InferError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         InferError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        InferError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         InferError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -46,6 +47,11 @@ pub fn infer_error(e: &InferError) -> Response<Body> {
     if matches!(e, InferError::QueueFull(_)) {
         r.headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if matches!(e, InferError::ClientTimeout(_)) {
+        // The rest of a half-sent body would be read as the next request.
+        r.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     r
 }

@@ -50,6 +50,12 @@ pub async fn handle(
         (["v2"] | ["v2", "health", "live" | "ready"] | ["metrics"], _) => {
             method_not_allowed(&method, &path)
         }
+        // Triton clients call these; say plainly that the extension is absent
+        // rather than answer as if the route were mistyped.
+        (["v2", ext @ ("systemsharedmemory" | "cudasharedmemory"), ..], _) => reply::error(
+            StatusCode::NOT_IMPLEMENTED,
+            &format!("the {ext} extension is not supported by this server; send tensors in the request body"),
+        ),
         _ => not_found(&path),
     };
     Ok(response)
@@ -260,7 +266,19 @@ async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Bytes, In
             return Err(too_large(format!("of {len} bytes (Content-Length)")));
         }
     }
-    match Limited::new(req.into_body(), limit).collect().await {
+    let read = Limited::new(req.into_body(), limit).collect();
+    let Ok(read) = tokio::time::timeout(state.limits.body_read_timeout, read).await else {
+        state
+            .metrics
+            .rejected
+            .with_label_values(&["body_read_timeout"])
+            .inc();
+        return Err(InferError::ClientTimeout(format!(
+            "the request body did not arrive within {} s",
+            state.limits.body_read_timeout.as_secs()
+        )));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large("(chunked)".into())),
         Err(e) => Err(InferError::InvalidInput(format!(

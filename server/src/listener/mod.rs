@@ -122,6 +122,7 @@ impl ConnOptions {
         let refused = |r: &str| metrics.rejected.with_label_values(&[r]);
         // Resolved here so the series exist (at zero) from the start.
         refused("body_too_large");
+        refused("body_read_timeout");
         ConnOptions {
             connections: Arc::new(Semaphore::new(
                 limits.max_connections.min(Semaphore::MAX_PERMITS),
