@@ -146,7 +146,7 @@ def build_mlp(rng: np.random.Generator) -> Bundle:
         model,
         [("input", "FP32", [-1, 64])],
         [("probabilities", "FP32", [-1, 10])],
-        dict(max_batch_size=32, max_queue_delay_us=500, preferred_batch_sizes=[8, 16, 32], max_queue_size=1024, timeout_ms=10000),
+        dict(max_batch_size=32, max_queue_delay_us=0, preferred_batch_sizes=[8, 16, 32], max_queue_size=1024, timeout_ms=10000),
         dict(count=1, device="cpu", intra_op_threads=1),
         {"task": "classification"},
         sample,

@@ -203,7 +203,7 @@ async fn run_infer(
                 })?,
         ),
     };
-    let body = read_body(state, req).await?;
+    let body = read_body(state, req, header_len).await?;
     let request = codec::decode_request(body, header_len)?;
     let selected = codec::select_outputs(
         &model.signature,
@@ -244,7 +244,15 @@ async fn run_infer(
     Ok(r)
 }
 
-async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Bytes, InferError> {
+/// Reads the whole body, within the size limit and the body read timeout.
+/// `align_at` is where binary tensor data starts (the JSON header's length):
+/// the buffer is laid out so that offset is 64-byte aligned, which lets the
+/// backend read the first binary tensor in place instead of copying it.
+async fn read_body(
+    state: &AppState,
+    req: Request<Incoming>,
+    align_at: Option<usize>,
+) -> Result<Bytes, InferError> {
     let limit = state.limits.max_body_bytes;
     let too_large = |what: String| {
         state
@@ -256,17 +264,23 @@ async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Bytes, In
             "request body {what} exceeds the limit of {limit} bytes"
         ))
     };
-    if let Some(len) = req
+    let declared = req
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse::<usize>().ok())
-    {
+        .and_then(|s| s.parse::<usize>().ok());
+    if let Some(len) = declared {
         if len > limit {
             return Err(too_large(format!("of {len} bytes (Content-Length)")));
         }
     }
-    let read = Limited::new(req.into_body(), limit).collect();
+    let body = Limited::new(req.into_body(), limit);
+    let read = async {
+        match (declared, align_at) {
+            (Some(len), Some(at)) => collect_aligned(body, len, at).await,
+            _ => body.collect().await.map(|c| c.to_bytes()),
+        }
+    };
     let Ok(read) = tokio::time::timeout(state.limits.body_read_timeout, read).await else {
         state
             .metrics
@@ -279,10 +293,52 @@ async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Bytes, In
         )));
     };
     match read {
-        Ok(collected) => Ok(collected.to_bytes()),
+        Ok(bytes) => Ok(bytes),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large("(chunked)".into())),
         Err(e) => Err(InferError::InvalidInput(format!(
             "could not read the request body: {e}"
         ))),
+    }
+}
+
+/// Collects a body of `len` bytes (as Content-Length declared) into one
+/// buffer whose offset `at` falls on a 64-byte boundary.
+async fn collect_aligned<B>(mut body: B, len: usize, at: usize) -> Result<Bytes, B::Error>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    const ALIGN: usize = 64;
+    let mut buf: Vec<u8> = Vec::with_capacity(len + ALIGN);
+    let pad = (ALIGN - (buf.as_ptr() as usize).wrapping_add(at) % ALIGN) % ALIGN;
+    buf.resize(pad, 0);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            // A body longer than declared is hyper's error, not ours; if it
+            // happens the buffer grows and only the alignment is lost.
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(buf).slice(pad..))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    #[tokio::test]
+    async fn binary_data_lands_aligned_for_the_backend() {
+        let body: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        for at in [0, 1, 13, 63, 64, 999] {
+            let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = body
+                .chunks(97)
+                .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+                .collect();
+            let stream = StreamBody::new(tokio_stream::iter(frames));
+            let got = collect_aligned(stream, body.len(), at).await.unwrap();
+            assert_eq!(&got[..], &body[..]);
+            assert_eq!((got.as_ptr() as usize + at) % 64, 0, "offset {at}");
+        }
     }
 }
