@@ -16,6 +16,7 @@ use super::proto::model_infer_request::InferInputTensor;
 use super::proto::{InferParameter, InferTensorContents, ModelInferRequest};
 use crate::http::{InferRequest, RequestedOutput};
 use crate::infer::InferError;
+use crate::validate;
 
 fn invalid(m: String) -> InferError {
     InferError::InvalidInput(m)
@@ -107,18 +108,7 @@ pub fn decode_request(msg: ModelInferRequest) -> Result<GrpcRequest, InferError>
 
 fn decode_input(input: &InferInputTensor, raw: Option<Bytes>) -> Result<Tensor, InferError> {
     let ctx = |m: String| invalid(format!("input {:?}: {m}", input.name));
-    let dtype: DataType = input.datatype.parse().map_err(|e| ctx(format!("{e}")))?;
-    if let Some(d) = input.shape.iter().find(|&&d| d < 0) {
-        return Err(ctx(format!(
-            "shape {:?} has negative dimension {d}",
-            input.shape
-        )));
-    }
-    let count = input
-        .shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
-        .ok_or_else(|| ctx(format!("shape {:?} is too large", input.shape)))?;
+    let (dtype, count) = validate::declared(&input.datatype, &input.shape).map_err(ctx)?;
     let data = match (raw, &input.contents) {
         (Some(_), Some(c)) if !is_empty(c) => {
             return Err(ctx(

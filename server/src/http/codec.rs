@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use ferroserve_backend_core::{DataType, Signature, Tensor};
+use ferroserve_backend_core::{Signature, Tensor};
 use serde::de::DeserializeSeed;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use super::json_data::{write_data, Flatten, Sink};
 use crate::classification;
 use crate::infer::InferError;
+use crate::validate;
 
 #[derive(Deserialize)]
 struct RequestHeader<'a> {
@@ -92,18 +93,7 @@ pub fn decode_request(body: Bytes, header_len: Option<usize>) -> Result<InferReq
     let mut inputs = Vec::with_capacity(header.inputs.len());
     for input in &header.inputs {
         let ctx = |m: String| invalid(format!("input {:?}: {m}", input.name));
-        let dtype: DataType = input.datatype.parse().map_err(|e| ctx(format!("{e}")))?;
-        if let Some(d) = input.shape.iter().find(|&&d| d < 0) {
-            return Err(ctx(format!(
-                "shape {:?} has negative dimension {d}",
-                input.shape
-            )));
-        }
-        let count = input
-            .shape
-            .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
-            .ok_or_else(|| ctx(format!("shape {:?} is too large", input.shape)))?;
+        let (dtype, count) = validate::declared(&input.datatype, &input.shape).map_err(ctx)?;
         let binary_size = match input
             .parameters
             .as_ref()
@@ -354,6 +344,7 @@ pub fn encode_response(p: ResponseParts<'_>) -> Result<EncodedResponse, InferErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferroserve_backend_core::DataType;
 
     fn msg(r: Result<InferRequest, InferError>) -> String {
         match r {
