@@ -53,18 +53,8 @@ impl Server {
     /// Like [`Server::start`], with extra environment variables (applied
     /// after the default `RUST_LOG=info`, so they may override it).
     pub fn start_with_env(repo: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferroserve"))
-            .args(["serve", "--repo"])
-            .arg(repo)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--http-port",
-                "0",
-                "--grpc-port",
-                "0",
-            ])
-            .args(extra)
+        let mut cmd = serve_command(repo, extra);
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .envs(envs.iter().copied())
             .stdout(Stdio::null())
@@ -171,18 +161,7 @@ pub fn start_failure_with_args(
     extra: &[&str],
     envs: &[(&str, &str)],
 ) -> (std::process::ExitStatus, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferroserve"))
-        .args(["serve", "--repo"])
-        .arg(repo)
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-        ])
-        .args(extra)
+    let out = serve_command(repo, extra)
         .envs(envs.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -305,4 +284,21 @@ pub fn metric_value(text: &str, name: &str, labels: &str) -> Option<f64> {
 
 pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// `ferroserve serve` on `repo`, both ports on free loopback ports.
+fn serve_command(repo: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferroserve"));
+    cmd.args(["serve", "--repo"])
+        .arg(repo)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+        ])
+        .args(extra);
+    cmd
 }
