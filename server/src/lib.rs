@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod model;
 pub mod models;
+pub mod registry;
 pub mod repository;
 pub mod runtime;
 pub mod scheduler;

@@ -16,7 +16,7 @@ use ferroserve::listener::{self, ConnLimits, ConnOptions};
 use ferroserve::metrics::Metrics;
 use ferroserve::model::Model;
 use ferroserve::models::ModelTable;
-use ferroserve::{repository, runtime};
+use ferroserve::{registry, repository, runtime};
 use hyper_util::service::TowerToHyperService;
 
 #[global_allocator]
@@ -40,6 +40,38 @@ enum Command {
     /// The repository is a folder laid out as REPO/NAME/VERSION/bundle.toml; each model
     /// is reachable as /v2/models/NAME (and /v2/models/NAME/versions/VERSION).
     Serve(ServeArgs),
+    /// Register a bundle folder as the next version of a model in a repository.
+    ///
+    /// Checks the bundle (its manifest, its name, that the model loads), copies it
+    /// atomically to REPO/NAME/<next version>/ and records in REPO/registry.db who
+    /// registered it, when, why, the SHA-256 of every file and, when DIR is inside a
+    /// git checkout, the repository, branch, commit and whether the tree was dirty.
+    /// Prints the new version number.
+    Register(RegisterArgs),
+}
+
+#[derive(clap::Args)]
+struct RegisterArgs {
+    /// The bundle folder (holding bundle.toml).
+    dir: PathBuf,
+    /// Model repository folder (created if absent).
+    #[arg(long)]
+    repo: PathBuf,
+    /// Model name; must equal the manifest's `name`.
+    #[arg(long)]
+    name: String,
+    /// A tag KEY=VALUE, recorded over the manifest's [tags]; repeatable.
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = registry::register::parse_tag)]
+    tags: Vec<(String, String)>,
+    /// Description of this version (default: the manifest's).
+    #[arg(long)]
+    description: Option<String>,
+    /// Why this version is registered.
+    #[arg(long)]
+    message: Option<String>,
+    /// Who registers it (default: $USER, else $LOGNAME, else "unknown").
+    #[arg(long)]
+    user: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -127,7 +159,31 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
+        Command::Register(args) => register(args),
     }
+}
+
+fn register(args: RegisterArgs) -> Result<()> {
+    let done = registry::register(&registry::RegisterRequest {
+        source: args.dir,
+        repo: args.repo,
+        name: args.name,
+        tags: args.tags.into_iter().collect(),
+        description: args.description,
+        message: args.message,
+        user: args.user,
+        check_loads: true,
+    })?;
+    tracing::info!(
+        model = %done.name,
+        version = done.version,
+        dir = %done.dir.display(),
+        files = done.files.len(),
+        registered_by = %done.registered_by,
+        "registered"
+    );
+    println!("{}", done.version);
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
@@ -148,6 +204,20 @@ fn serve(args: ServeArgs) -> Result<()> {
     warn_if_few_file_descriptors(args.max_connections);
     let lib = runtime::init_onnxruntime()?;
     tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
+    // A repository folder without a registry gets one on first use, with a
+    // row for every version already there. Serving reads the folders either
+    // way, so a registry that cannot be written (a read-only mount) is
+    // reported and serving goes on.
+    match registry::import::ensure(&args.repo) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            versions = n,
+            "registry created from the existing version folders"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "model registry unavailable; serving from the folders alone")
+        }
+    }
     let metrics = Arc::new(Metrics::new());
     let mut models = Vec::new();
     for bundle in repository::newest_versions(&args.repo)? {

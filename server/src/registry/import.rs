@@ -1,0 +1,221 @@
+//! First use of a repository folder without `registry.db`: every
+//! `NAME/VERSION/` folder holding a `bundle.toml` gets a version row (with
+//! the hashes of its files, `registered_by = "import"`) and an audit entry,
+//! all in the transaction that creates the schema.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rusqlite::Transaction;
+
+use super::fsutil::hash_tree;
+use super::git::GitInfo;
+use super::store::{self, NewVersion, Store};
+use super::RegistryError;
+use crate::manifest::{Manifest, MANIFEST_FILE};
+
+/// Who imported versions are recorded as registered by.
+pub const IMPORT_ACTOR: &str = "import";
+
+/// Makes sure `repo` has a registry database, creating it (and importing
+/// the version folders already there) when it has none. Returns how many
+/// versions were imported; 0 when the database already existed, so calling
+/// it again never duplicates anything.
+pub fn ensure(repo: &Path) -> Result<usize, RegistryError> {
+    if Store::exists(repo) {
+        // Opening checks the schema version.
+        Store::open(repo)?;
+        return Ok(0);
+    }
+    if !has_bundles(repo) {
+        return Ok(0);
+    }
+    let store = Store::open(repo)?;
+    let n: i64 = store
+        .conn()
+        .query_row(
+            "SELECT COUNT(*) FROM versions WHERE registered_by = ?1",
+            [IMPORT_ACTOR],
+            |r| r.get(0),
+        )
+        .map_err(|source| RegistryError::Db {
+            path: store.path().to_path_buf(),
+            what: "cannot count imported versions".into(),
+            source,
+        })?;
+    Ok(n as usize)
+}
+
+/// Whether any `NAME/VERSION/bundle.toml` exists under `repo`.
+fn has_bundles(repo: &Path) -> bool {
+    let Ok(models) = std::fs::read_dir(repo) else {
+        return false;
+    };
+    models.flatten().any(|m| {
+        let dir = m.path();
+        !m.file_name().to_string_lossy().starts_with('.')
+            && version_folders(&dir).is_ok_and(|vs| {
+                vs.iter()
+                    .any(|v| dir.join(v.to_string()).join(MANIFEST_FILE).is_file())
+            })
+    })
+}
+
+/// The numeric (positive) version folders of a model folder, sorted.
+pub fn version_folders(model_dir: &Path) -> Result<Vec<u64>, RegistryError> {
+    let entries =
+        std::fs::read_dir(model_dir).map_err(RegistryError::io(model_dir, "cannot read folder"))?;
+    let mut versions = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(RegistryError::io(model_dir, "cannot read folder"))?;
+        let Some(v) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|&v| v > 0)
+        else {
+            continue;
+        };
+        if entry.path().is_dir() {
+            versions.push(v);
+        }
+    }
+    versions.sort_unstable();
+    Ok(versions)
+}
+
+/// Inserts a row for every `NAME/VERSION/bundle.toml` folder that has none.
+/// Hidden folders and non-numeric version folders (such as a `.tmp-*` left
+/// by a crashed registration) are skipped, as the server skips them.
+pub(crate) fn import_folders(
+    tx: &Transaction<'_>,
+    db: &Path,
+    repo: &Path,
+) -> Result<usize, RegistryError> {
+    let entries =
+        std::fs::read_dir(repo).map_err(RegistryError::io(repo, "cannot read repository"))?;
+    let mut models = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(RegistryError::io(repo, "cannot read repository"))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if name.starts_with('.') || !entry.path().is_dir() {
+            continue;
+        }
+        models.push(name);
+    }
+    models.sort();
+    let at = super::now_rfc3339();
+    let mut imported = 0;
+    for name in models {
+        let model_dir = repo.join(&name);
+        for version in version_folders(&model_dir)? {
+            let dir = model_dir.join(version.to_string());
+            if !dir.join(MANIFEST_FILE).is_file() || store::version_exists(tx, db, &name, version)?
+            {
+                continue;
+            }
+            let files = hash_tree(&dir)?;
+            // The manifest is only read for its description and tags: a
+            // version that no longer validates is still recorded as it is.
+            let (description, tags) = match Manifest::load(&dir) {
+                Ok(m) => (m.description, m.tags),
+                Err(e) => {
+                    tracing::warn!(error = %e, "importing a version whose manifest does not validate");
+                    (String::new(), BTreeMap::new())
+                }
+            };
+            let source_dir = dir.to_string_lossy().into_owned();
+            store::insert_version(
+                tx,
+                db,
+                &NewVersion {
+                    model: &name,
+                    version,
+                    model_description: &description,
+                    description: &description,
+                    tags: &tags,
+                    registered_by: IMPORT_ACTOR,
+                    registered_at: &at,
+                    message: Some("imported from the existing repository folder"),
+                    source_dir: Some(&source_dir),
+                    git: &GitInfo::default(),
+                },
+                &files,
+            )?;
+            store::append_audit(
+                tx,
+                db,
+                &at,
+                IMPORT_ACTOR,
+                "import",
+                &format!("{name}:{version}"),
+                &serde_json::json!({
+                    "model": name,
+                    "version": version,
+                    "files": files.len(),
+                    "source_dir": source_dir,
+                }),
+            )?;
+            imported += 1;
+        }
+    }
+    Ok(imported)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        // Not a valid manifest: import records the folder as it is.
+        std::fs::write(dir.join(MANIFEST_FILE), "name = 'm'\n").unwrap();
+        std::fs::write(dir.join("weights.bin"), b"123").unwrap();
+    }
+
+    #[test]
+    fn imports_numeric_version_folders_once() {
+        let repo = tempfile::tempdir().unwrap();
+        let r = repo.path();
+        bundle(&r.join("m/1"));
+        bundle(&r.join("m/3"));
+        bundle(&r.join("m/.tmp-9-9"));
+        bundle(&r.join("m/latest"));
+        bundle(&r.join(".hidden/1"));
+        std::fs::create_dir_all(r.join("m/4")).unwrap(); // no manifest
+        assert_eq!(ensure(r).unwrap(), 2);
+        assert_eq!(ensure(r).unwrap(), 0);
+        let store = Store::open(r).unwrap();
+        let c = store.conn();
+        let versions: Vec<i64> = c
+            .prepare("SELECT version FROM versions ORDER BY version")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(versions, [1, 3]);
+        let files: i64 = c
+            .query_row("SELECT COUNT(*) FROM files", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(files, 4);
+        let audits: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM audit_log WHERE action = 'import' AND actor = 'import'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(audits, 2);
+    }
+
+    #[test]
+    fn no_bundles_no_database() {
+        let repo = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(repo.path().join("m/.tmp-1")).unwrap();
+        assert_eq!(ensure(repo.path()).unwrap(), 0);
+        assert!(!Store::exists(repo.path()));
+    }
+}

@@ -1,0 +1,391 @@
+//! `REPO/registry.db`: schema, versioning of the schema, and the queries
+//! the registry needs.
+//!
+//! The schema version lives in `PRAGMA user_version`; a database newer than
+//! this binary is refused rather than guessed at. Foreign keys are on for
+//! every connection, and the audit log is append-only by trigger: an UPDATE
+//! or DELETE on it aborts the statement.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+use super::fsutil::FileRecord;
+use super::git::GitInfo;
+use super::RegistryError;
+
+pub const DB_FILE: &str = "registry.db";
+/// The schema this binary writes and reads.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Schema version 1.
+const SCHEMA_V1: &str = r#"
+CREATE TABLE models (
+    name        TEXT PRIMARY KEY NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    created_at  TEXT NOT NULL
+);
+CREATE TABLE versions (
+    id            INTEGER PRIMARY KEY,
+    model         TEXT NOT NULL REFERENCES models(name),
+    version       INTEGER NOT NULL CHECK (version > 0),
+    description   TEXT NOT NULL DEFAULT '',
+    tags          TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(tags) AND json_type(tags) = 'object'),
+    registered_by TEXT NOT NULL,
+    registered_at TEXT NOT NULL,
+    message       TEXT,
+    source_dir    TEXT,
+    git_repo      TEXT,
+    git_branch    TEXT,
+    git_commit    TEXT,
+    git_dirty     INTEGER CHECK (git_dirty IN (0, 1)),
+    UNIQUE (model, version)
+);
+CREATE TABLE files (
+    version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+    path       TEXT NOT NULL,
+    sha256     TEXT NOT NULL CHECK (length(sha256) = 64),
+    size       INTEGER NOT NULL CHECK (size >= 0),
+    PRIMARY KEY (version_id, path)
+);
+CREATE TABLE audit_log (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at      TEXT NOT NULL,
+    actor   TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    detail  TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(detail))
+);
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'audit_log is append-only');
+END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'audit_log is append-only');
+END;
+"#;
+
+/// An open registry database.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// What a new version row records.
+#[derive(Debug, Clone)]
+pub struct NewVersion<'a> {
+    pub model: &'a str,
+    pub version: u64,
+    /// Used for the `models` row when this is the model's first version.
+    pub model_description: &'a str,
+    pub description: &'a str,
+    pub tags: &'a BTreeMap<String, String>,
+    pub registered_by: &'a str,
+    pub registered_at: &'a str,
+    pub message: Option<&'a str>,
+    pub source_dir: Option<&'a str>,
+    pub git: &'a GitInfo,
+}
+
+impl Store {
+    /// Whether `repo` already has a registry database.
+    pub fn exists(repo: &Path) -> bool {
+        repo.join(DB_FILE).is_file()
+    }
+
+    /// Opens `REPO/registry.db`, creating it if absent. A new database gets
+    /// the schema and, in the same transaction, a row for every version
+    /// folder already in the repository (see [`super::import`]); so a crash
+    /// during creation leaves either nothing or everything.
+    pub fn open(repo: &Path) -> Result<Store, RegistryError> {
+        let path = repo.join(DB_FILE);
+        let db = |what: &str| {
+            let path = path.clone();
+            let what = what.to_string();
+            move |source| RegistryError::Db { path, what, source }
+        };
+        let conn = Connection::open(&path).map_err(db("cannot open"))?;
+        // Concurrent registrations queue for the write lock instead of failing.
+        conn.busy_timeout(Duration::from_secs(30))
+            .map_err(db("cannot set busy timeout"))?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(db("cannot turn on foreign keys"))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(db("cannot switch to WAL mode"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(db = %path.display(), mode, "registry database is not in WAL mode");
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db("cannot set synchronous"))?;
+        let mut store = Store { conn, path };
+        store.migrate(repo)?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A read-write connection, for callers that need plain SQL.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn migrate(&mut self, repo: &Path) -> Result<(), RegistryError> {
+        let path = self.path.clone();
+        // The common case, an up-to-date schema, needs no write lock.
+        let current: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(db_err(&path, "cannot read schema version"))?;
+        if current == SCHEMA_VERSION {
+            return Ok(());
+        }
+        // Otherwise read it again under the write lock: another process
+        // may be creating the schema right now.
+        let tx = self.write()?;
+        let err = |what: &'static str| {
+            let path = path.clone();
+            move |source| RegistryError::Db {
+                path,
+                what: what.into(),
+                source,
+            }
+        };
+        let found: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err("cannot read schema version"))?;
+        if found > SCHEMA_VERSION {
+            return Err(RegistryError::SchemaTooNew {
+                path,
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found == SCHEMA_VERSION {
+            return Ok(());
+        }
+        // found == 0: a new database (future versions migrate step by step here).
+        tx.execute_batch(SCHEMA_V1)
+            .map_err(err("cannot create schema version 1"))?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(err("cannot record schema version"))?;
+        let imported = super::import::import_folders(&tx, &path, repo)?;
+        tx.commit().map_err(err("cannot commit the new schema"))?;
+        if imported > 0 {
+            tracing::info!(db = %path.display(), versions = imported, "registry created: imported existing version folders");
+        }
+        Ok(())
+    }
+
+    /// Starts a write transaction, taking the write lock at once (`BEGIN
+    /// IMMEDIATE`), so that what is read inside it (the next version number)
+    /// cannot change before it commits.
+    pub fn write(&mut self) -> Result<Transaction<'_>, RegistryError> {
+        let path = self.path.clone();
+        self.conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|source| RegistryError::Db {
+                path,
+                what: "cannot start a write transaction".into(),
+                source,
+            })
+    }
+}
+
+fn db_err(path: &Path, what: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> RegistryError {
+    let path = path.to_path_buf();
+    let what = what.into();
+    move |source| RegistryError::Db { path, what, source }
+}
+
+/// The highest version of `model` with a row, if any.
+pub fn max_version(
+    tx: &Transaction<'_>,
+    db: &Path,
+    model: &str,
+) -> Result<Option<u64>, RegistryError> {
+    let v: Option<i64> = tx
+        .query_row(
+            "SELECT MAX(version) FROM versions WHERE model = ?1",
+            [model],
+            |r| r.get(0),
+        )
+        .map_err(db_err(db, format!("cannot read versions of {model:?}")))?;
+    Ok(v.map(|v| v as u64))
+}
+
+/// Whether `model` version `version` has a row.
+pub fn version_exists(
+    tx: &Transaction<'_>,
+    db: &Path,
+    model: &str,
+    version: u64,
+) -> Result<bool, RegistryError> {
+    tx.query_row(
+        "SELECT 1 FROM versions WHERE model = ?1 AND version = ?2",
+        params![model, version as i64],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|r| r.is_some())
+    .map_err(db_err(
+        db,
+        format!("cannot look up {model:?} version {version}"),
+    ))
+}
+
+/// Inserts the model (if new), the version and its files; returns the
+/// version's row id.
+pub fn insert_version(
+    tx: &Transaction<'_>,
+    db: &Path,
+    v: &NewVersion<'_>,
+    files: &[FileRecord],
+) -> Result<i64, RegistryError> {
+    let subject = format!("{}:{}", v.model, v.version);
+    tx.execute(
+        "INSERT INTO models (name, description, created_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO NOTHING",
+        params![v.model, v.model_description, v.registered_at],
+    )
+    .map_err(db_err(db, format!("cannot insert model {:?}", v.model)))?;
+    let tags = serde_json::to_string(v.tags).expect("string map serializes");
+    tx.execute(
+        "INSERT INTO versions (model, version, description, tags, registered_by, registered_at,
+                               message, source_dir, git_repo, git_branch, git_commit, git_dirty)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            v.model,
+            v.version as i64,
+            v.description,
+            tags,
+            v.registered_by,
+            v.registered_at,
+            v.message,
+            v.source_dir,
+            v.git.repo,
+            v.git.branch,
+            v.git.commit,
+            v.git.dirty,
+        ],
+    )
+    .map_err(db_err(db, format!("cannot insert version {subject}")))?;
+    let id = tx.last_insert_rowid();
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO files (version_id, path, sha256, size) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(db_err(db, "cannot prepare file insert"))?;
+    for f in files {
+        stmt.execute(params![id, f.path, f.sha256, f.size as i64])
+            .map_err(db_err(
+                db,
+                format!("cannot insert file {:?} of {subject}", f.path),
+            ))?;
+    }
+    Ok(id)
+}
+
+/// Appends one audit entry.
+pub fn append_audit(
+    tx: &Transaction<'_>,
+    db: &Path,
+    at: &str,
+    actor: &str,
+    action: &str,
+    subject: &str,
+    detail: &serde_json::Value,
+) -> Result<(), RegistryError> {
+    tx.execute(
+        "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![at, actor, action, subject, detail.to_string()],
+    )
+    .map_err(db_err(
+        db,
+        format!("cannot append audit entry {action} {subject}"),
+    ))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_database_has_schema_wal_and_foreign_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let c = store.conn();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let mode: String = c
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let fk: i64 = c
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(fk, 1);
+        // A version of an unknown model is refused by the foreign key.
+        let err = c
+            .execute(
+                "INSERT INTO versions (model, version, registered_by, registered_at) VALUES ('x', 1, 'u', 't')",
+                [],
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("FOREIGN KEY"), "{err}");
+        drop(store);
+        // Reopening keeps the schema.
+        Store::open(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn audit_log_is_append_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let path = store.path().to_path_buf();
+        let tx = store.write().unwrap();
+        append_audit(
+            &tx,
+            &path,
+            "t",
+            "me",
+            "register",
+            "m:1",
+            &serde_json::json!({}),
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        let c = store.conn();
+        let e = c
+            .execute("UPDATE audit_log SET actor = 'x'", [])
+            .unwrap_err();
+        assert!(e.to_string().contains("append-only"), "{e}");
+        let e = c.execute("DELETE FROM audit_log", []).unwrap_err();
+        assert!(e.to_string().contains("append-only"), "{e}");
+        let n: i64 = c
+            .query_row("SELECT COUNT(*) FROM audit_log", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(c);
+        let err = Store::open(dir.path()).err().unwrap();
+        assert!(matches!(err, RegistryError::SchemaTooNew { .. }), "{err}");
+        assert!(err.to_string().contains(DB_FILE), "{err}");
+    }
+}
