@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod classification;
+pub mod events;
 pub mod grpc;
 pub mod http;
 pub mod infer;

@@ -10,6 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use ferroserve::auth::{AuthPolicy, INFERENCE_TOKENS_ENV, MANAGEMENT_TOKENS_ENV};
+use ferroserve::events::webhook::{self, RetryPolicy};
+use ferroserve::events::{types, BusConfig, EventBus};
 use ferroserve::grpc::GrpcLimits;
 use ferroserve::http::{AppState, HttpLimits};
 use ferroserve::listener::{self, ConnLimits, ConnOptions};
@@ -48,6 +50,16 @@ enum Command {
     /// git checkout, the repository, branch, commit and whether the tree was dirty.
     /// Prints the new version number.
     Register(RegisterArgs),
+    /// Registered models: aliases, list, show, search, delete.
+    Models {
+        #[command(subcommand)]
+        command: registry::cli::ModelsCommand,
+    },
+    /// The repository as a whole: `repo check` verifies it against the registry.
+    Repo {
+        #[command(subcommand)]
+        command: registry::cli::RepoCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -79,6 +91,10 @@ struct ServeArgs {
     /// Model repository folder (REPO/NAME/VERSION/bundle.toml).
     #[arg(long)]
     repo: PathBuf,
+    /// Serve, for each model that has this registry alias, the aliased version
+    /// instead of the newest (models without it: the newest).
+    #[arg(long, value_name = "ALIAS")]
+    alias: Option<String>,
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     host: String,
@@ -147,6 +163,28 @@ struct ServeArgs {
     /// Neither set: management routes are open.
     #[arg(long, value_name = "PATH", help_heading = "Security")]
     management_token_file: Option<PathBuf>,
+
+    /// POST every lifecycle event (CloudEvents 1.0 JSON) to this URL;
+    /// repeatable. http:// only for now.
+    #[arg(long = "webhook", value_name = "URL", value_parser = ferroserve::events::webhook::parse_url, help_heading = "Events")]
+    webhooks: Vec<hyper::Uri>,
+    /// Seconds one webhook delivery attempt may take.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Events")]
+    webhook_timeout_s: u64,
+    /// Retries of a failed webhook delivery before the event is given up
+    /// (logged and counted in ferroserve_webhook_failures_total).
+    #[arg(long, default_value_t = 5, help_heading = "Events")]
+    webhook_retries: u32,
+    /// Wait before the first retry, in milliseconds; doubles each retry, at
+    /// most 10 s.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Events")]
+    webhook_backoff_ms: u64,
+    /// Events queued per webhook; beyond it new events are dropped (counted).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Events")]
+    webhook_queue: u64,
+    /// Seconds between keep-alive comments on /v2/admin/events.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Events")]
+    events_keepalive_s: u64,
 }
 
 fn main() -> Result<()> {
@@ -160,6 +198,14 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
         Command::Register(args) => register(args),
+        Command::Models { command } => registry::cli::run_models(command),
+        Command::Repo { command } => {
+            if registry::cli::run_repo(command)? {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
     }
 }
 
@@ -219,8 +265,22 @@ fn serve(args: ServeArgs) -> Result<()> {
         }
     }
     let metrics = Arc::new(Metrics::new());
+    let (events, webhook_queues) = EventBus::new(
+        BusConfig {
+            webhooks: args.webhooks.len(),
+            webhook_queue: usize::try_from(args.webhook_queue).unwrap_or(usize::MAX),
+            audit_repo: Some(args.repo.clone()),
+            actor: format!("ferroserve serve ({})", registry::register::default_user()),
+            ..BusConfig::default()
+        },
+        &metrics,
+    );
     let mut models = Vec::new();
-    for bundle in repository::newest_versions(&args.repo)? {
+    let mut bundles = repository::newest_versions(&args.repo)?;
+    if let Some(alias) = &args.alias {
+        registry::models::apply_alias(&args.repo, alias, &mut bundles)?;
+    }
+    for bundle in bundles {
         let manifest = bundle.manifest()?;
         let model = Model::load(manifest, bundle.version, &metrics).with_context(|| {
             format!("loading model {:?} version {}", bundle.name, bundle.version)
@@ -242,6 +302,8 @@ fn serve(args: ServeArgs) -> Result<()> {
             body_read_timeout: Duration::from_secs(args.body_read_timeout_s),
         },
         ready: AtomicBool::new(false),
+        events,
+        events_keepalive: Duration::from_secs(args.events_keepalive_s),
     });
     // One set of options for both ports: they share the connection budget.
     let conn_opts = ConnOptions::new(
@@ -283,7 +345,19 @@ fn serve(args: ServeArgs) -> Result<()> {
                 let _ = rx.wait_for(|stop| *stop).await;
             }
         };
+        webhook::spawn(
+            &state.events,
+            args.webhooks.clone(),
+            webhook_queues,
+            RetryPolicy {
+                timeout: Duration::from_secs(args.webhook_timeout_s),
+                retries: args.webhook_retries,
+                backoff: Duration::from_millis(args.webhook_backoff_ms),
+                ..RetryPolicy::default()
+            },
+        );
         state.ready.store(true, Ordering::Release);
+        emit_startup_events(&state);
         tracing::info!("HTTP server listening on {}", http.local_addr()?);
         tracing::info!("gRPC server listening on {}", grpc.local_addr()?);
         let grace = Duration::from_secs(args.shutdown_grace_s);
@@ -294,6 +368,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             },
         );
         let signal = shutdown_signal(Arc::clone(&state));
+        let state_for_signal = Arc::clone(&state);
         tokio::join!(
             ferroserve::http::serve(http, Arc::clone(&state), &conn_opts, stopped(), grace),
             listener::serve(
@@ -305,14 +380,38 @@ fn serve(args: ServeArgs) -> Result<()> {
             ),
             async move {
                 signal.await;
+                // Ends event streams first: an open one would otherwise
+                // hold the drain up for the whole grace period.
+                state_for_signal.events.close();
                 let _ = stop_tx.send(true);
             }
         );
         anyhow::Ok(())
     })?;
+    state.events.flush_audit(Duration::from_secs(2));
     state.models.clear();
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// `io.ferroserve.deployment.created` for every model served: a model
+/// being served from start-up is the closest of the event catalogue to
+/// "model loaded".
+fn emit_startup_events(state: &AppState) {
+    for m in state.models.all() {
+        let e = state.events.event(
+            types::DEPLOYMENT_CREATED,
+            &format!("{}:{}", m.name, m.version),
+            serde_json::json!({
+                "model": m.name,
+                "version": m.version,
+                "backend": m.manifest.backend.to_string(),
+                "instances": m.manifest.instances.count,
+                "reason": "startup",
+            }),
+        );
+        state.events.emit(e);
+    }
 }
 
 /// Says what is protected, never with what: token counts only.

@@ -26,6 +26,18 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     /// Connections open now, over all listeners.
     pub open_connections: IntGauge,
+    /// Lifecycle events emitted, by CloudEvent type.
+    pub events_emitted: IntCounterVec,
+    /// Events some consumer lost, by reason (`webhook_queue_full`,
+    /// `subscriber_lagged`, `audit_queue_full`, `audit_failed`).
+    pub events_dropped: IntCounterVec,
+    /// Webhook delivery attempts, by outcome (`success`, `http_error`,
+    /// `timeout`, `connect_error`).
+    pub webhook_deliveries: IntCounterVec,
+    /// Events a webhook never received (retries exhausted or refused).
+    pub webhook_failures: prometheus::IntCounter,
+    /// Server-sent-event subscribers connected now.
+    pub event_subscribers: IntGauge,
 }
 
 impl Metrics {
@@ -111,6 +123,34 @@ impl Metrics {
             "Client connections open now, over all listeners",
         )
         .expect("valid metric");
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric")
+        };
+        let events_emitted = counter_vec(
+            "ferroserve_events_emitted_total",
+            "Lifecycle events emitted, by CloudEvent type",
+            "type",
+        );
+        let events_dropped = counter_vec(
+            "ferroserve_events_dropped_total",
+            "Lifecycle events a consumer lost, by reason",
+            "reason",
+        );
+        let webhook_deliveries = counter_vec(
+            "ferroserve_webhook_deliveries_total",
+            "Webhook delivery attempts, by outcome",
+            "outcome",
+        );
+        let webhook_failures = prometheus::IntCounter::new(
+            "ferroserve_webhook_failures_total",
+            "Events given up on by a webhook after its retries",
+        )
+        .expect("valid metric");
+        let event_subscribers = IntGauge::new(
+            "ferroserve_event_subscribers",
+            "Server-sent-event subscribers connected now",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -123,6 +163,11 @@ impl Metrics {
             Box::new(connections_rejected.clone()),
             Box::new(connections_closed.clone()),
             Box::new(open_connections.clone()),
+            Box::new(events_emitted.clone()),
+            Box::new(events_dropped.clone()),
+            Box::new(webhook_deliveries.clone()),
+            Box::new(webhook_failures.clone()),
+            Box::new(event_subscribers.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -140,6 +185,11 @@ impl Metrics {
             connections_rejected,
             connections_closed,
             open_connections,
+            events_emitted,
+            events_dropped,
+            webhook_deliveries,
+            webhook_failures,
+            event_subscribers,
         }
     }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use tokio::net::TcpListener;
 
+use crate::events::EventBus;
 use crate::listener::{self, ConnOptions};
 
 use crate::metrics::Metrics;
@@ -53,6 +54,10 @@ pub struct AppState {
     pub limits: HttpLimits,
     /// Goes false the moment shutdown starts, so load balancers stop sending.
     pub ready: AtomicBool,
+    /// Lifecycle events: emit here; `/v2/admin/events` streams them.
+    pub events: EventBus,
+    /// Interval of the keep-alive comments on `/v2/admin/events`.
+    pub events_keepalive: Duration,
 }
 
 impl AppState {
@@ -70,6 +75,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
-    let service = service_fn(move |req| routes::handle(Arc::clone(&state), req));
+    let service = service_fn(move |req| routes::handle_any(Arc::clone(&state), req));
     listener::serve(listener, service, opts, shutdown, grace).await;
 }

@@ -23,6 +23,33 @@ pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "classification", "param
 
 const HEADER_LENGTH: &str = "inference-header-content-length";
 
+/// The one streaming route's body beside everyone else's buffered one.
+pub type AnyBody = http_body_util::Either<Body, crate::events::sse::SseBody>;
+
+/// [`handle`], plus `GET /v2/admin/events`, the lifecycle event stream
+/// (server-sent events; management auth applies by its path).
+pub async fn handle_any(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<AnyBody>, Infallible> {
+    use http_body_util::Either;
+    if req.uri().path().trim_end_matches('/') == "/v2/admin/events" {
+        if req.method() != Method::GET {
+            return Ok(method_not_allowed(req.method(), req.uri().path()).map(Either::Left));
+        }
+        let body = crate::events::sse::stream(&state.events, state.events_keepalive);
+        let mut r = Response::new(Either::Right(body));
+        let h = r.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(
+            hyper::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        );
+        return Ok(r);
+    }
+    handle(state, req).await.map(|r| r.map(Either::Left))
+}
+
 pub async fn handle(
     state: Arc<AppState>,
     req: Request<Incoming>,

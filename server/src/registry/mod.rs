@@ -6,12 +6,18 @@
 //! - [`register`]: `ferroserve register`, the atomic copy and the one
 //!   transaction that makes a version visible in the database.
 //! - [`import`]: first use of a repository folder that has no database yet.
+//! - [`models`]: aliases, list/show/search, delete.
+//! - [`check`]: `ferroserve repo check`, the folders against the database.
+//! - [`cli`]: the `models` and `repo` subcommands' arguments and output.
 //! - [`hashing`], [`git`], [`fsutil`]: the pieces they share.
 
+pub mod check;
+pub mod cli;
 pub mod fsutil;
 pub mod git;
 pub mod hashing;
 pub mod import;
+pub mod models;
 pub mod register;
 pub mod store;
 
@@ -58,6 +64,11 @@ pub enum RegistryError {
     Runtime(#[from] ferroserve_backend_ort::OrtError),
     #[error("invalid {what}: {problem}")]
     Invalid { what: String, problem: String },
+    #[error("{what} not found: {problem}")]
+    NotFound { what: String, problem: String },
+    /// Refused because something else depends on it (HTTP 409 over the API).
+    #[error("cannot delete {what}: {problem}")]
+    Conflict { what: String, problem: String },
 }
 
 impl RegistryError {

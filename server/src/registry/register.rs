@@ -8,7 +8,8 @@
 //! 2. take the database's write lock, pick the next version, rename the
 //!    temporary folder to it and fsync `REPO/NAME/` (a crash leaves a
 //!    complete version folder without a row; the version number is never
-//!    reused, as the next one counts folders too);
+//!    reused, as the next one counts folders too, and the model's
+//!    high-water mark, so that deleted numbers are not given out again);
 //! 3. insert the version, file and audit rows and commit, in one transaction.
 //!
 //! So a row always has its folder, and a version folder is never half-written.
@@ -171,7 +172,10 @@ pub fn register(req: &RegisterRequest) -> Result<Registered, RegistryError> {
     let next = (|| {
         let from_rows = store::max_version(&tx, &db, &req.name)?.unwrap_or(0);
         let from_folders = version_folders(&model_dir)?.last().copied().unwrap_or(0);
-        Ok::<u64, RegistryError>(from_rows.max(from_folders) + 1)
+        // Deleted versions leave their number in the high-water mark: a
+        // number, once given out, always means the same files.
+        let deleted = store::high_water(&tx, &db, &req.name)?;
+        Ok::<u64, RegistryError>(from_rows.max(from_folders).max(deleted) + 1)
     })();
     let version = match next {
         Ok(v) => v,
@@ -212,7 +216,7 @@ pub fn register(req: &RegisterRequest) -> Result<Registered, RegistryError> {
             &db,
             &at,
             &user,
-            "register",
+            crate::events::types::MODEL_REGISTERED,
             &format!("{}:{version}", req.name),
             &serde_json::json!({
                 "model": req.name,

@@ -18,7 +18,7 @@ use super::RegistryError;
 
 pub const DB_FILE: &str = "registry.db";
 /// The schema this binary writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Schema version 1.
 const SCHEMA_V1: &str = r#"
@@ -66,6 +66,26 @@ CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
 BEGIN
     SELECT RAISE(ABORT, 'audit_log is append-only');
 END;
+"#;
+
+/// Schema version 2, applied over version 1: aliases (MLflow style, one
+/// version per `(model, alias)`, the foreign key keeps an aliased version
+/// from being deleted underneath it) and each model's high-water mark of
+/// version numbers, so that a deleted version's number is never reused.
+const SCHEMA_V2: &str = r#"
+CREATE TABLE aliases (
+    model      TEXT NOT NULL,
+    alias      TEXT NOT NULL CHECK (alias <> '' AND alias NOT GLOB '*[^a-z0-9_-]*'),
+    version    INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    updated_by TEXT NOT NULL,
+    PRIMARY KEY (model, alias),
+    FOREIGN KEY (model, version) REFERENCES versions(model, version)
+);
+CREATE INDEX aliases_by_version ON aliases(model, version);
+ALTER TABLE models ADD COLUMN last_version INTEGER NOT NULL DEFAULT 0;
+UPDATE models SET last_version =
+    COALESCE((SELECT MAX(version) FROM versions WHERE versions.model = models.name), 0);
 "#;
 
 /// An open registry database.
@@ -169,12 +189,24 @@ impl Store {
         if found == SCHEMA_VERSION {
             return Ok(());
         }
-        // found == 0: a new database (future versions migrate step by step here).
-        tx.execute_batch(SCHEMA_V1)
-            .map_err(err("cannot create schema version 1"))?;
+        // Step by step, all in this one transaction: a crash leaves the
+        // database as it was. found == 0 is a new database.
+        if found < 1 {
+            tx.execute_batch(SCHEMA_V1)
+                .map_err(err("cannot create schema version 1"))?;
+        }
+        if found < 2 {
+            tx.execute_batch(SCHEMA_V2)
+                .map_err(err("cannot migrate to schema version 2"))?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(err("cannot record schema version"))?;
-        let imported = super::import::import_folders(&tx, &path, repo)?;
+        let imported = if found == 0 {
+            super::import::import_folders(&tx, &path, repo)?
+        } else {
+            tracing::info!(db = %path.display(), from = found, to = SCHEMA_VERSION, "registry schema migrated");
+            0
+        };
         tx.commit().map_err(err("cannot commit the new schema"))?;
         if imported > 0 {
             tracing::info!(db = %path.display(), versions = imported, "registry created: imported existing version folders");
@@ -219,6 +251,22 @@ pub fn max_version(
     Ok(v.map(|v| v as u64))
 }
 
+/// The highest version number `model` ever had, deleted ones included.
+pub fn high_water(tx: &Transaction<'_>, db: &Path, model: &str) -> Result<u64, RegistryError> {
+    let v: Option<i64> = tx
+        .query_row(
+            "SELECT last_version FROM models WHERE name = ?1",
+            [model],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db_err(
+            db,
+            format!("cannot read the high-water mark of {model:?}"),
+        ))?;
+    Ok(v.unwrap_or(0).max(0) as u64)
+}
+
 /// Whether `model` version `version` has a row.
 pub fn version_exists(
     tx: &Transaction<'_>,
@@ -254,6 +302,11 @@ pub fn insert_version(
         params![v.model, v.model_description, v.registered_at],
     )
     .map_err(db_err(db, format!("cannot insert model {:?}", v.model)))?;
+    tx.execute(
+        "UPDATE models SET last_version = MAX(last_version, ?2) WHERE name = ?1",
+        params![v.model, v.version as i64],
+    )
+    .map_err(db_err(db, format!("cannot update model {:?}", v.model)))?;
     let tags = serde_json::to_string(v.tags).expect("string map serializes");
     tx.execute(
         "INSERT INTO versions (model, version, description, tags, registered_by, registered_at,
@@ -374,6 +427,47 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM audit_log", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            let tx = c.transaction().unwrap();
+            tx.execute_batch(SCHEMA_V1).unwrap();
+            tx.execute_batch(
+                "INSERT INTO models (name, created_at) VALUES ('m', 't');
+                 INSERT INTO versions (model, version, registered_by, registered_at)
+                 VALUES ('m', 1, 'u', 't'), ('m', 4, 'u', 't');",
+            )
+            .unwrap();
+            tx.pragma_update(None, "user_version", 1).unwrap();
+            tx.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let c = store.conn();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 2);
+        let hw: i64 = c
+            .query_row(
+                "SELECT last_version FROM models WHERE name = 'm'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(hw, 4);
+        c.execute("INSERT INTO aliases VALUES ('m', 'prod', 4, 't', 'u')", [])
+            .unwrap();
+        // An alias must point at an existing version, and be [a-z0-9_-]+.
+        assert!(c
+            .execute("INSERT INTO aliases VALUES ('m', 'x', 2, 't', 'u')", [])
+            .is_err());
+        assert!(c
+            .execute("INSERT INTO aliases VALUES ('m', 'Bad', 1, 't', 'u')", [])
+            .is_err());
     }
 
     #[test]
