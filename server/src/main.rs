@@ -111,6 +111,10 @@ struct ServeArgs {
     /// Largest request body accepted, in bytes; larger bodies get 413.
     #[arg(long, default_value_t = 64 << 20, help_heading = "Limits")]
     max_body_bytes: usize,
+    /// Largest bundle upload to POST /v2/admin/models/NAME/versions, in
+    /// bytes, compressed and once extracted alike; larger gets 413.
+    #[arg(long, default_value_t = 256 << 20, help_heading = "Limits")]
+    max_upload_bytes: usize,
     /// Seconds a client has to send a request body once its headers have
     /// arrived; a slower body gets 408 and the connection is closed.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits")]
@@ -219,6 +223,7 @@ fn register(args: RegisterArgs) -> Result<()> {
         message: args.message,
         user: args.user,
         check_loads: true,
+        record_git: true,
     })?;
     tracing::info!(
         model = %done.name,
@@ -254,16 +259,20 @@ fn serve(args: ServeArgs) -> Result<()> {
     // row for every version already there. Serving reads the folders either
     // way, so a registry that cannot be written (a read-only mount) is
     // reported and serving goes on.
-    match registry::import::ensure(&args.repo) {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(
-            versions = n,
-            "registry created from the existing version folders"
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "model registry unavailable; serving from the folders alone")
+    let registry_ok = match registry::import::ensure(&args.repo) {
+        Ok(0) => true,
+        Ok(n) => {
+            tracing::info!(
+                versions = n,
+                "registry created from the existing version folders"
+            );
+            true
         }
-    }
+        Err(e) => {
+            tracing::warn!(error = %e, "model registry unavailable; serving from the folders alone");
+            false
+        }
+    };
     let metrics = Arc::new(Metrics::new());
     let (events, webhook_queues) = EventBus::new(
         BusConfig {
@@ -277,6 +286,9 @@ fn serve(args: ServeArgs) -> Result<()> {
     );
     let mut models = Vec::new();
     let mut bundles = repository::newest_versions(&args.repo)?;
+    if registry_ok {
+        registry::models::recorded_only(&args.repo, &mut bundles)?;
+    }
     if let Some(alias) = &args.alias {
         registry::models::apply_alias(&args.repo, alias, &mut bundles)?;
     }
@@ -304,6 +316,8 @@ fn serve(args: ServeArgs) -> Result<()> {
         ready: AtomicBool::new(false),
         events,
         events_keepalive: Duration::from_secs(args.events_keepalive_s),
+        repo: Some(args.repo.clone()),
+        max_upload_bytes: args.max_upload_bytes,
     });
     // One set of options for both ports: they share the connection budget.
     let conn_opts = ConnOptions::new(

@@ -409,6 +409,8 @@ fn a_subscriber_receives_events_emitted_while_connected() {
         ready: AtomicBool::new(true),
         events: bus.clone(),
         events_keepalive: Duration::from_secs(15),
+        repo: None,
+        max_upload_bytes: 256 << 20,
     });
     let opts = ConnOptions::new(ConnLimits::default(), None, AuthPolicy::open(), &metrics);
     let listener = rt

@@ -559,3 +559,34 @@ fn concurrent_registrations_get_distinct_consecutive_versions() {
         assert_hashes_match(repo.path(), "mlp", v);
     }
 }
+
+/// A version folder without a registry row (a registration killed between
+/// its rename and its commit, or a folder copied in by hand) is never
+/// served: the newest *registered* version is.
+#[test]
+fn unrecorded_version_folders_are_not_served() {
+    let work = tempfile::tempdir().unwrap();
+    let src = bundle("mlp", work.path());
+    let repo = work.path().join("repo");
+    assert_eq!(register_ok(&src, &repo, "mlp", &[]), 1);
+    let stray = repo.join("mlp").join("2");
+    std::fs::create_dir_all(&stray).unwrap();
+    for entry in std::fs::read_dir(repo.join("mlp").join("1")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), stray.join(entry.file_name())).unwrap();
+    }
+    let server = Server::start(&repo, &[]);
+    let meta = server.request("GET", "/v2/models/mlp", &[], b"").json();
+    assert_eq!(meta["versions"], serde_json::json!(["1"]), "{meta}");
+    assert_eq!(
+        server
+            .request("GET", "/v2/models/mlp/versions/2", &[], b"")
+            .status,
+        404
+    );
+    assert!(
+        server.log.lock().unwrap().contains("has no registry row"),
+        "{}",
+        server.log.lock().unwrap()
+    );
+}

@@ -1,8 +1,8 @@
 //! Lifecycle events as [CloudEvents 1.0](https://github.com/cloudevents/spec)
 //! in structured JSON mode, and the [`EventBus`] that fans them out.
 //!
-//! An event looks like this (`io.ferroserve.deployment.created`, the one type
-//! the server emits today, once per model when `serve` starts serving it):
+//! An event looks like this (`io.ferroserve.deployment.created`, emitted once
+//! per model when `serve` starts serving it):
 //!
 //! ```json
 //! {
@@ -19,8 +19,10 @@
 //!
 //! `id` is unique per `source` (process start time, process id and a
 //! counter); `subject` is `model` or `model:version`; `time` is RFC 3339 UTC.
-//! The other types in [`types`] are reserved for the management routes,
-//! deployments and drift detection, which emit through the same bus.
+//! The registry routes (`crate::http`, `/v2/admin/models`) emit the
+//! registered / alias moved / version deleted types; the others in [`types`]
+//! are reserved for deployments and drift detection, which will emit
+//! through the same bus.
 //!
 //! [`EventBus::emit`] never blocks: it sends to a tokio broadcast channel
 //! (server-sent-event subscribers; a lagging one loses events and is told),
@@ -60,6 +62,15 @@ pub mod types {
     /// Input or prediction drift was detected.
     pub const DRIFT_DETECTED: &str = "io.ferroserve.drift.detected";
 }
+
+/// Event types whose audit row the registry writes itself (see
+/// `registry::models` and `registry::register`); the bus
+/// does not append them to the audit log again.
+pub const REGISTRY_AUDITED: &[&str] = &[
+    types::MODEL_REGISTERED,
+    types::ALIAS_MOVED,
+    types::VERSION_DELETED,
+];
 
 /// One CloudEvent, structured mode: this serializes to exactly the JSON
 /// documented above.
@@ -230,8 +241,13 @@ impl EventBus {
                 tracing::warn!(id = %event.id, "webhook queue full; event dropped for that webhook");
             }
         }
+        // The registry writes its own audit row for these, in the same
+        // transaction as the change (with the requesting user); a second
+        // row from the bus would only duplicate it.
         if let Some(a) = &i.audit {
-            a.append(event);
+            if !REGISTRY_AUDITED.contains(&event.ty.as_str()) {
+                a.append(event);
+            }
         }
     }
 

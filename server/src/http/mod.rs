@@ -5,6 +5,7 @@
 
 mod codec;
 mod json_data;
+mod management;
 mod reply;
 mod routes;
 
@@ -58,6 +59,13 @@ pub struct AppState {
     pub events: EventBus,
     /// Interval of the keep-alive comments on `/v2/admin/events`.
     pub events_keepalive: Duration,
+    /// The repository served from: the management routes
+    /// (`/v2/admin/models...`) read and write its registry. `None`: those
+    /// routes answer 503.
+    pub repo: Option<std::path::PathBuf>,
+    /// Largest bundle upload (`POST /v2/admin/models/{name}/versions`),
+    /// compressed and uncompressed alike; larger gets 413.
+    pub max_upload_bytes: usize,
 }
 
 impl AppState {

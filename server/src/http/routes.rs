@@ -62,6 +62,9 @@ pub async fn handle(
         (["v2", "health", "live"], &Method::GET) => reply::empty(StatusCode::OK),
         (["v2", "health", "ready"], &Method::GET) => ready_status(state.is_ready()),
         (["metrics"], &Method::GET) => metrics(&state),
+        (["v2", "admin", "models", rest @ ..], _) => {
+            super::management::handle(&state, rest, req).await
+        }
         (["v2", "models", rest @ ..], m) => match model_route(rest) {
             Some((name, version, action)) => match (action, m) {
                 ("", &Method::GET) => with_model(&state, name, version, model_metadata),

@@ -442,6 +442,45 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
+/// With a registry, a version exists once its row is committed: a folder
+/// without a row (left by a registration killed between its rename and its
+/// commit, or copied in by hand) is never served. Replaces each model's
+/// newest folder by its newest recorded version and drops models with none,
+/// warning about what was skipped.
+pub fn recorded_only(
+    repo: &Path,
+    bundles: &mut Vec<crate::repository::BundleVersion>,
+) -> Result<(), RegistryError> {
+    let store = open_existing(repo)?;
+    let conn = store.conn();
+    let mut stmt = conn
+        .prepare("SELECT model, MAX(version) FROM versions GROUP BY model")
+        .map_err(db_err(store.path(), "cannot read versions"))?;
+    let newest: BTreeMap<String, i64> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .and_then(|rows| rows.collect())
+        .map_err(db_err(store.path(), "cannot read versions"))?;
+    bundles.retain_mut(|b| {
+        let Some(&v) = newest.get(&b.name) else {
+            tracing::warn!(model = %b.name, "no registered version; not served (run `ferroserve repo check`)");
+            return false;
+        };
+        let v = v as u64;
+        if v != b.version {
+            tracing::warn!(
+                model = %b.name,
+                unrecorded = b.version,
+                serving = v,
+                "version folder has no registry row; serving the newest registered version (run `ferroserve repo check`)"
+            );
+            b.version = v;
+            b.dir = repo.join(&b.name).join(v.to_string());
+        }
+        true
+    });
+    Ok(())
+}
+
 /// `serve --alias ALIAS`: replaces, for each model that has ALIAS, the
 /// newest version in `bundles` by the aliased one; models without it keep
 /// their newest. The registry must be readable: serving by alias never

@@ -47,6 +47,10 @@ pub struct RegisterRequest {
     /// Load the model on its backend before accepting it (the command line
     /// always does; off only where no backend library is available).
     pub check_loads: bool,
+    /// Record git provenance of `source`. Off for uploads: their folder is a
+    /// temporary extraction inside the repository, and any checkout around
+    /// it says nothing about where the bundle came from.
+    pub record_git: bool,
 }
 
 /// A registered version.
@@ -106,7 +110,11 @@ pub fn register(req: &RegisterRequest) -> Result<Registered, RegistryError> {
         })?;
         drop(model);
     }
-    let git = git::provenance(&source);
+    let git = if req.record_git {
+        git::provenance(&source)
+    } else {
+        GitInfo::default()
+    };
 
     std::fs::create_dir_all(&req.repo).map_err(RegistryError::io(
         &req.repo,
