@@ -322,6 +322,7 @@ async fn upload(
             tempfile::Builder::new()
                 .prefix(".upload-")
                 .tempdir_in(&canon)
+                .map(|d| UploadDir(Some(d)))
                 .map_err(|e| {
                     Failure(
                         StatusCode::INTERNAL_SERVER_ERROR,
@@ -371,6 +372,7 @@ async fn upload(
 
     let name = name.to_string();
     let user = user.unwrap_or_else(|| DEFAULT_USER.to_string());
+    let tmp = tmp.into_inner();
     let info = blocking(move || {
         let out = tmp.path().join("bundle");
         std::fs::create_dir(&out).map_err(io_err)?;
@@ -569,6 +571,33 @@ fn decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The upload's temporary folder. Dropped on an async worker (a request that
+/// fails while its body is read), it is removed on the blocking pool, so
+/// deleting a partial archive never stalls other connections.
+struct UploadDir(Option<tempfile::TempDir>);
+
+impl UploadDir {
+    fn path(&self) -> &std::path::Path {
+        self.0.as_ref().expect("present until dropped").path()
+    }
+
+    /// For code already on the blocking pool, which removes it itself.
+    fn into_inner(mut self) -> tempfile::TempDir {
+        self.0.take().expect("present until dropped")
+    }
+}
+
+impl Drop for UploadDir {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(move || drop(dir))),
+                Err(_) => drop(dir),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
