@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::fsutil::hash_tree;
 use super::import::version_folders;
-use super::models::DELETED_PREFIX;
+use super::journal::leftover_folders;
 use super::register::TMP_PREFIX;
 use super::store::{Store, DB_FILE};
 use super::RegistryError;
@@ -89,6 +89,20 @@ pub fn check(repo: &Path) -> Result<Report, RegistryError> {
                 .insert(p, (sha, size as u64));
         }
     }
+    // Versions being registered right now: their folder may already have
+    // its name while the row is not committed yet. (Those of dead
+    // processes were finished or undone when the store was opened.)
+    let pending: BTreeSet<(String, u64)> = {
+        let mut stmt = store
+            .conn()
+            .prepare("SELECT model, version FROM pending_registrations")
+            .map_err(dberr("cannot read pending registrations"))?;
+        let rows: Vec<(String, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(dberr("cannot read pending registrations"))?;
+        rows.into_iter().map(|(m, v)| (m, v as u64)).collect()
+    };
     drop(store);
 
     let mut problems = Vec::new();
@@ -178,6 +192,26 @@ pub fn check(repo: &Path) -> Result<Report, RegistryError> {
         }
     }
 
+    // Leftovers of dead processes that opening the registry could not
+    // clean up; those of running registrations and deletions are theirs.
+    for (model, name, owner) in leftover_folders(repo) {
+        if owner.alive() {
+            continue;
+        }
+        let detail = if name.starts_with(TMP_PREFIX) {
+            "left by an interrupted registration"
+        } else {
+            "left by an interrupted deletion"
+        };
+        problems.push(problem(
+            "leftover",
+            &model,
+            None,
+            format!("{model}/{name}"),
+            detail.into(),
+        ));
+    }
+
     // Folders against rows.
     let entries =
         std::fs::read_dir(repo).map_err(RegistryError::io(repo, "cannot read repository"))?;
@@ -192,7 +226,9 @@ pub fn check(repo: &Path) -> Result<Report, RegistryError> {
         let model_dir = repo.join(&model);
         let known = recorded.get(&model);
         for version in version_folders(&model_dir)? {
-            if !known.is_some_and(|vs| vs.contains_key(&version)) {
+            if !known.is_some_and(|vs| vs.contains_key(&version))
+                && !pending.contains(&(model.clone(), version))
+            {
                 problems.push(problem(
                     "unrecorded_folder",
                     &model,
@@ -201,27 +237,6 @@ pub fn check(repo: &Path) -> Result<Report, RegistryError> {
                     "version folder without a row in the registry".into(),
                 ));
             }
-        }
-        let mut leftovers: Vec<String> = std::fs::read_dir(&model_dir)
-            .map_err(RegistryError::io(&model_dir, "cannot read folder"))?
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .filter(|n| n.starts_with(TMP_PREFIX) || n.starts_with(DELETED_PREFIX))
-            .collect();
-        leftovers.sort();
-        for name in leftovers {
-            let detail = if name.starts_with(TMP_PREFIX) {
-                "left by an interrupted (or running) registration"
-            } else {
-                "left by an interrupted (or running) deletion"
-            };
-            problems.push(problem(
-                "leftover",
-                &model,
-                None,
-                format!("{model}/{name}"),
-                detail.into(),
-            ));
         }
     }
     problems.sort_by(|a, b| (&a.path, a.kind).cmp(&(&b.path, b.kind)));

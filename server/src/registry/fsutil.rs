@@ -8,7 +8,7 @@ use super::RegistryError;
 
 /// One file of a version: its path relative to the version folder (with
 /// `/` separators), SHA-256 and size.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct FileRecord {
     pub path: String,
     pub sha256: String,

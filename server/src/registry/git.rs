@@ -6,7 +6,7 @@ use std::process::Command;
 
 /// Git provenance of a folder. All `None` when the folder is not inside a
 /// git checkout (or `git` is not installed).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GitInfo {
     /// The checkout's top-level folder.
     pub repo: Option<String>,

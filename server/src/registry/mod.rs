@@ -5,6 +5,8 @@
 //! - [`store`]: the schema and its queries.
 //! - [`register`]: `ferroserve register`, the atomic copy and the one
 //!   transaction that makes a version visible in the database.
+//! - [`journal`]: the pending rows that make a registration survive a
+//!   crash between its rename and its commit, and the recovery on open.
 //! - [`import`]: first use of a repository folder that has no database yet.
 //! - [`models`]: aliases, list/show/search, delete.
 //! - [`check`]: `ferroserve repo check`, the folders against the database.
@@ -17,6 +19,7 @@ pub mod fsutil;
 pub mod git;
 pub mod hashing;
 pub mod import;
+pub mod journal;
 pub mod models;
 pub mod register;
 pub mod store;
@@ -79,6 +82,24 @@ impl RegistryError {
         let path = path.to_path_buf();
         let what = what.into();
         move |source| RegistryError::Io { path, what, source }
+    }
+}
+
+/// The environment variable that stops a registry operation at a named
+/// point (see [`pause_point`]).
+pub const PAUSE_AT_ENV: &str = "FERROSERVE_PAUSE_AT";
+
+/// Lets tests `kill -9` a real process exactly between two steps of a
+/// registration or deletion, where timing alone almost never lands: when
+/// `FERROSERVE_PAUSE_AT` names this point, the process says so on stderr
+/// and waits forever. The points are `copied`, `reserved` and `renamed` in
+/// [`register()`], and `trashed` and `deleted` in [`models::delete`].
+pub(crate) fn pause_point(name: &str) {
+    if std::env::var_os(PAUSE_AT_ENV).is_some_and(|v| v == name) {
+        eprintln!("ferroserve: paused at {name}");
+        loop {
+            std::thread::park();
+        }
     }
 }
 

@@ -608,6 +608,7 @@ pub fn delete(
             ),
         });
     };
+    super::pause_point("trashed");
     let at = super::now_rfc3339();
     let recorded = (|| {
         tx.execute(
@@ -648,6 +649,7 @@ pub fn delete(
         }
         return Err(e);
     }
+    super::pause_point("deleted");
     if folder_removed {
         if let Err(e) = std::fs::remove_dir_all(&trash) {
             tracing::warn!(dir = %trash.display(), error = %e, "version deleted but its renamed folder could not be removed; `ferroserve repo check` reports it");

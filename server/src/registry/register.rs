@@ -4,23 +4,29 @@
 //! The order makes a crash at any point harmless:
 //! 1. copy into `REPO/NAME/.tmp-PID-NANOS/`, fsync every file and folder,
 //!    hash the copy (a crash leaves a `.tmp-*` folder, which the server and
-//!    the importer skip and the next registration of NAME removes);
-//! 2. take the database's write lock, pick the next version, rename the
-//!    temporary folder to it and fsync `REPO/NAME/` (a crash leaves a
-//!    complete version folder without a row; the version number is never
-//!    reused, as the next one counts folders too, and the model's
-//!    high-water mark, so that deleted numbers are not given out again);
-//! 3. insert the version, file and audit rows and commit, in one transaction.
+//!    the importer skip and the next open of the registry removes);
+//! 2. under the database's write lock, pick the next version (above every
+//!    row, folder, pending row and the model's high-water mark, so that a
+//!    deleted number is not given out again) and commit a pending row that
+//!    reserves it and holds everything the version row will record;
+//! 3. rename the temporary folder to the version and fsync `REPO/NAME/`;
+//! 4. in one transaction, insert the version, file and audit rows and
+//!    delete the pending row.
 //!
-//! So a row always has its folder, and a version folder is never half-written.
+//! A crash after 2 leaves a pending row, which the next open of the
+//! registry rolls forward (the folder got its name, with the recorded
+//! hashes) or back (it did not); see [`super::journal`]. So a row always
+//! has its folder, a version folder is never half-written, and no complete
+//! folder is left without a row.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::fsutil::{copy_tree_durably, fsync_dir, hash_tree, FileRecord};
 use super::git::{self, GitInfo};
 use super::import::version_folders;
-use super::store::{self, NewVersion, Store};
+use super::journal::{self, PendingVersion};
+use super::store::{self, Store};
 use super::{check_model_name, RegistryError};
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
@@ -138,7 +144,6 @@ pub fn register(req: &RegisterRequest) -> Result<Registered, RegistryError> {
     if new_model_dir {
         fsync_dir(&repo)?;
     }
-    remove_stale_temporaries(&model_dir);
 
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -169,81 +174,99 @@ pub fn register(req: &RegisterRequest) -> Result<Registered, RegistryError> {
     let at = super::now_rfc3339();
     let source_dir = source.to_string_lossy().into_owned();
 
+    super::pause_point("copied");
     let db = store.path().to_path_buf();
-    let tx = match store.write() {
-        Ok(tx) => tx,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
+    let tmp_name = tmp
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("temporary folder name is UTF-8")
+        .to_string();
+    let mut pending = PendingVersion {
+        model: req.name.clone(),
+        version: 0,
+        model_description: manifest.description.clone(),
+        description,
+        tags,
+        registered_by: user.clone(),
+        registered_at: at,
+        message: req.message.clone(),
+        source_dir: Some(source_dir),
+        git: git.clone(),
+        files: files.clone(),
+        audit: serde_json::Value::Null,
     };
-    let next = (|| {
+    // Step 2: reserve the number in a committed pending row.
+    let reserved = (|| {
+        let tx = store.write()?;
         let from_rows = store::max_version(&tx, &db, &req.name)?.unwrap_or(0);
         let from_folders = version_folders(&model_dir)?.last().copied().unwrap_or(0);
         // Deleted versions leave their number in the high-water mark: a
         // number, once given out, always means the same files.
         let deleted = store::high_water(&tx, &db, &req.name)?;
-        Ok::<u64, RegistryError>(from_rows.max(from_folders).max(deleted) + 1)
+        let reserved = journal::max_pending(&tx, &db, &req.name)?;
+        pending.version = from_rows.max(from_folders).max(deleted).max(reserved) + 1;
+        pending.audit = serde_json::json!({
+            "model": pending.model,
+            "version": pending.version,
+            "description": pending.description,
+            "tags": pending.tags,
+            "message": pending.message,
+            "source_dir": pending.source_dir,
+            "git": {
+                "repo": git.repo,
+                "branch": git.branch,
+                "commit": git.commit,
+                "dirty": git.dirty,
+            },
+            "files": files.len(),
+        });
+        let id = journal::begin(&tx, &db, &pending, &tmp_name, journal::Owner::me())?;
+        tx.commit().map_err(|source| RegistryError::Db {
+            path: db.clone(),
+            what: format!("cannot reserve a version of {}", req.name),
+            source,
+        })?;
+        Ok::<i64, RegistryError>(id)
     })();
-    let version = match next {
-        Ok(v) => v,
+    let id = match reserved {
+        Ok(id) => id,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
         }
     };
+    super::pause_point("reserved");
+    let version = pending.version;
     let dir = model_dir.join(version.to_string());
-    if let Err(e) = std::fs::rename(&tmp, &dir) {
+    // Undoes steps 2 and 3 after a failure in this process (a crash is
+    // undone, or finished, by the next open's recovery instead).
+    let undo = |store: &mut Store, renamed: bool| {
+        if renamed {
+            // Rename first, so it never shows half-deleted under its number.
+            let _ = std::fs::rename(&dir, &tmp);
+            let _ = fsync_dir(&model_dir);
+        }
         let _ = std::fs::remove_dir_all(&tmp);
+        if let Ok(tx) = store.write() {
+            if journal::forget(&tx, &db, id).is_ok() {
+                let _ = tx.commit();
+            }
+        }
+    };
+    // Step 3: the rename.
+    if let Err(e) = std::fs::rename(&tmp, &dir) {
+        undo(&mut store, false);
         return Err(RegistryError::Io {
             path: dir,
             what: format!("cannot rename {} to the new version", tmp.display()),
             source: e,
         });
     }
-    let recorded = fsync_dir(&model_dir).and_then(|()| {
-        store::insert_version(
-            &tx,
-            &db,
-            &NewVersion {
-                model: &req.name,
-                version,
-                model_description: &manifest.description,
-                description: &description,
-                tags: &tags,
-                registered_by: &user,
-                registered_at: &at,
-                message: req.message.as_deref(),
-                source_dir: Some(&source_dir),
-                git: &git,
-            },
-            &files,
-        )?;
-        store::append_audit(
-            &tx,
-            &db,
-            &at,
-            &user,
-            crate::events::types::MODEL_REGISTERED,
-            &format!("{}:{version}", req.name),
-            &serde_json::json!({
-                "model": req.name,
-                "version": version,
-                "description": description,
-                "tags": tags,
-                "message": req.message,
-                "source_dir": source_dir,
-                "git": {
-                    "repo": git.repo,
-                    "branch": git.branch,
-                    "commit": git.commit,
-                    "dirty": git.dirty,
-                },
-                "files": files.len(),
-            }),
-        )
-    });
-    let committed = recorded.and_then(|()| {
+    // Step 4: the version row replaces the pending one.
+    let committed = fsync_dir(&model_dir).and_then(|()| {
+        super::pause_point("renamed");
+        let tx = store.write()?;
+        journal::finish(&tx, &db, id, &pending, false)?;
         tx.commit().map_err(|source| RegistryError::Db {
             path: db.clone(),
             what: format!("cannot commit version {}:{version}", req.name),
@@ -251,11 +274,7 @@ pub fn register(req: &RegisterRequest) -> Result<Registered, RegistryError> {
         })
     });
     if let Err(e) = committed {
-        // Not recorded: take the folder back out of sight (rename first,
-        // so it never shows half-deleted under its version number).
-        let _ = std::fs::rename(&dir, &tmp);
-        let _ = std::fs::remove_dir_all(&tmp);
-        let _ = fsync_dir(&model_dir);
+        undo(&mut store, true);
         return Err(e);
     }
     Ok(Registered {
@@ -268,40 +287,6 @@ pub fn register(req: &RegisterRequest) -> Result<Registered, RegistryError> {
     })
 }
 
-/// Removes `.tmp-*` folders left by registrations that died. A folder whose
-/// name carries the id of a process still running is left alone: it may be
-/// a registration in progress. Without `/proc`, nothing is removed (the
-/// folders are skipped everywhere anyway).
-fn remove_stale_temporaries(model_dir: &Path) {
-    let proc_fs = Path::new("/proc/self").exists();
-    let Ok(entries) = std::fs::read_dir(model_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(TMP_PREFIX)) else {
-            continue;
-        };
-        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        let alive = match pid {
-            Some(pid) => !proc_fs || Path::new("/proc").join(pid.to_string()).exists(),
-            None => !proc_fs,
-        };
-        if alive {
-            continue;
-        }
-        let path = entry.path();
-        match std::fs::remove_dir_all(&path) {
-            Ok(()) => {
-                tracing::info!(dir = %path.display(), "removed the leftover of an interrupted registration")
-            }
-            Err(e) => {
-                tracing::warn!(dir = %path.display(), error = %e, "cannot remove the leftover of an interrupted registration")
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,22 +297,5 @@ mod tests {
         assert_eq!(parse_tag("k=").unwrap(), ("k".into(), String::new()));
         assert!(parse_tag("=v").is_err());
         assert!(parse_tag("novalue").is_err());
-    }
-
-    #[test]
-    fn stale_temporaries_go_live_ones_stay() {
-        let dir = tempfile::tempdir().unwrap();
-        let stale = dir.path().join(".tmp-x");
-        let live = dir.path().join(format!(".tmp-{}-1", std::process::id()));
-        let version = dir.path().join("1");
-        for d in [&stale, &live, &version] {
-            std::fs::create_dir(d).unwrap();
-        }
-        remove_stale_temporaries(dir.path());
-        if Path::new("/proc/self").exists() {
-            assert!(!stale.exists());
-        }
-        assert!(live.exists());
-        assert!(version.exists());
     }
 }

@@ -18,7 +18,7 @@ use super::RegistryError;
 
 pub const DB_FILE: &str = "registry.db";
 /// The schema this binary writes and reads.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Schema version 1.
 const SCHEMA_V1: &str = r#"
@@ -88,6 +88,22 @@ UPDATE models SET last_version =
     COALESCE((SELECT MAX(version) FROM versions WHERE versions.model = models.name), 0);
 "#;
 
+/// Schema version 3: the intent journal of registrations in progress (see
+/// [`super::journal`]). A row reserves its version number until the
+/// version row replaces it or recovery rolls it back.
+const SCHEMA_V3: &str = r#"
+CREATE TABLE pending_registrations (
+    id        INTEGER PRIMARY KEY,
+    model     TEXT NOT NULL,
+    version   INTEGER NOT NULL CHECK (version > 0),
+    tmp_dir   TEXT NOT NULL,
+    pid       INTEGER NOT NULL,
+    pid_start INTEGER,
+    record    TEXT NOT NULL CHECK (json_valid(record)),
+    UNIQUE (model, version)
+);
+"#;
+
 /// An open registry database.
 pub struct Store {
     conn: Connection,
@@ -143,6 +159,12 @@ impl Store {
             .map_err(db("cannot set synchronous"))?;
         let mut store = Store { conn, path };
         store.migrate(repo)?;
+        // Finishing what a killed process left must not lock anyone out
+        // of the registry: a failure is logged, and `repo check` reports
+        // what is left.
+        if let Err(e) = super::journal::recover(&mut store, repo) {
+            tracing::warn!(error = %e, "cannot finish the operations an interrupted process left");
+        }
         Ok(store)
     }
 
@@ -198,6 +220,10 @@ impl Store {
         if found < 2 {
             tx.execute_batch(SCHEMA_V2)
                 .map_err(err("cannot migrate to schema version 2"))?;
+        }
+        if found < 3 {
+            tx.execute_batch(SCHEMA_V3)
+                .map_err(err("cannot migrate to schema version 3"))?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(err("cannot record schema version"))?;
@@ -450,7 +476,7 @@ mod tests {
         let v: i64 = c
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(v, 2);
+        assert_eq!(v, SCHEMA_VERSION);
         let hw: i64 = c
             .query_row(
                 "SELECT last_version FROM models WHERE name = 'm'",
