@@ -15,6 +15,11 @@ therefore reproducible, and a diff after regenerating means the script changed.
 Each model is checked with onnx.checker and then run in onnxruntime (batch > 1)
 before its bundle is written, so a bundle in the repository is known to load.
 The server's tests rely on some behaviours verified here (see `multi_io`).
+
+It also writes a few loose bundles into examples/bundles/NAME/ (not a served
+repository: tests register them as new versions of a served model, see
+build_extra_bundles), each with its own seeded generator so that the models in
+examples/models stay byte-for-byte what they were.
 """
 
 from __future__ import annotations
@@ -60,7 +65,8 @@ DTYPES: dict[str, tuple[int, object]] = {
 class Bundle:
     """Everything one bundle directory holds, before it is written."""
 
-    def __init__(self, name, description, model, inputs, outputs, batching, instances, tags, sample, labels=None):
+    def __init__(self, name, description, model, inputs, outputs, batching, instances, tags, sample, labels=None,
+                 warmup=None):
         self.name = name
         self.description = description
         self.model = model
@@ -72,6 +78,9 @@ class Bundle:
         self.sample = sample  # {input name: numpy array with 2 rows}
         # {output name: (file name, [label of class 0, label of class 1, ...])}
         self.labels = labels or {}
+        # (file name, [request: {input name: numpy array}]) for a top-level
+        # `warmup = FILE` key: a JSON list of Open Inference Protocol requests.
+        self.warmup = warmup
 
 
 def value_info(name: str, datatype: str, shape: list[int]):
@@ -404,6 +413,157 @@ def build_seq_sum(rng: np.random.Generator) -> Bundle:
     )
 
 
+# ---------------------------------------------------------------------------
+# examples/bundles: loose bundles that tests register as new versions.
+
+BUNDLES_SEED = 20250301  # mlp-v2; flaky uses BUNDLES_SEED + 1
+
+
+def build_mlp_v2() -> Bundle:
+    """mlp with other weights: registered as version 2 of "mlp" (hot swap)."""
+    b = build_mlp(np.random.default_rng(BUNDLES_SEED))
+    b.description = "Small MLP classifier: 64 features -> 10 class probabilities (version 2: other weights)"
+    # Same input through v1 (rebuilt from the repository's seed) and v2 must
+    # give clearly different outputs, or a test cannot tell which one served it.
+    v1 = build_mlp(np.random.default_rng(SEED)).model
+    x = np.random.default_rng(7).standard_normal((4, 64)).astype(np.float32)
+    (p1,) = session(v1).run(None, {"input": x})
+    (p2,) = session(b.model).run(None, {"input": x})
+    diff = float(np.abs(p1 - p2).max())
+    assert diff > 1e-3, diff
+    print(f"mlp-v2: max |v2 - v1| = {diff:.4f} on a fixed 4x64 input")
+    return b
+
+
+FLAKY_THRESHOLD = 100.0  # a row with input[:, 0] above this fails the whole run
+
+
+def build_flaky() -> Bundle:
+    """An MLP that fails at run time (not at load) when some row has input[0] > 100.
+
+    Same trick as multi_io: ONNX Runtime checks Gather indices when it runs.
+    idx = Cast(input[:, 0:1] > 100) * 1000 is 0 for every ordinary row, and
+    table[0] = 0 is added to the probabilities (so the node is not pruned and
+    the output is unchanged); a row above the threshold makes idx 1000, out of
+    the one-element table's bounds, and the run fails.
+    """
+    rng = np.random.default_rng(BUNDLES_SEED + 1)
+    w1 = weights(rng, (64, 32), 64)
+    b1 = (rng.standard_normal(32) * 0.1).astype(np.float32)
+    w2 = weights(rng, (32, 10), 32)
+    b2 = (rng.standard_normal(10) * 0.1).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["input", "w1", "b1"], ["h1"], name="fc1"),
+            helper.make_node("Relu", ["h1"], ["a1"], name="relu1"),
+            helper.make_node("Gemm", ["a1", "w2", "b2"], ["logits"], name="fc2"),
+            helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=1),
+            # the trap: [batch, 1] indices, 0 or 1000
+            helper.make_node("Slice", ["input", "first_col_start", "first_col_end", "first_col_axis"], ["x0"], name="first_col"),
+            helper.make_node("Greater", ["x0", "threshold"], ["too_big"], name="too_big"),
+            helper.make_node("Cast", ["too_big"], ["too_big_i64"], name="to_int", to=TensorProto.INT64),
+            helper.make_node("Mul", ["too_big_i64", "out_of_range"], ["trap_index"], name="trap_index"),
+            helper.make_node("Gather", ["zero_table", "trap_index"], ["trap"], name="trap", axis=0),
+            helper.make_node("Add", ["probs", "trap"], ["probabilities"], name="add_trap"),
+        ],
+        "flaky",
+        [value_info("input", "FP32", [-1, 64])],
+        [value_info("probabilities", "FP32", [-1, 10])],
+        initializer=[
+            numpy_helper.from_array(w1, "w1"),
+            numpy_helper.from_array(b1, "b1"),
+            numpy_helper.from_array(w2, "w2"),
+            numpy_helper.from_array(b2, "b2"),
+            numpy_helper.from_array(np.array([0], np.int64), "first_col_start"),
+            numpy_helper.from_array(np.array([1], np.int64), "first_col_end"),
+            numpy_helper.from_array(np.array([1], np.int64), "first_col_axis"),
+            numpy_helper.from_array(np.array(FLAKY_THRESHOLD, np.float32), "threshold"),
+            numpy_helper.from_array(np.array(1000, np.int64), "out_of_range"),
+            numpy_helper.from_array(np.zeros(1, np.float32), "zero_table"),
+        ],
+    )
+    model = make_model(graph)
+    sample = {"input": np.round(rng.standard_normal((2, 64)), 4).astype(np.float32)}
+
+    sess = session(model)
+    quiet = session(model, quiet=True)
+
+    def fails(x: np.ndarray) -> bool:
+        try:
+            quiet.run(None, {"input": x})
+        except Exception as e:  # onnxruntime raises its own exception types
+            assert "out of" in str(e) and "bounds" in str(e), str(e)
+            return True
+        return False
+
+    # ordinary rows (|values| < 10, including 9.99 in column 0) always succeed
+    normal = rng.uniform(-9.99, 9.99, (8, 64)).astype(np.float32)
+    normal[0, 0], normal[1, 0] = 9.99, -9.99
+    (probs,) = sess.run(None, {"input": normal})
+    assert probs.shape == (8, 10) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5), probs
+    assert not fails(normal) and not fails(np.full((3, 64), 100.0, np.float32))  # 100 is not > 100
+    # one bad row fails the whole batch, wherever it is; other columns do not matter
+    bad = normal.copy()
+    bad[5, 0] = 1000.0
+    assert fails(bad) and fails(bad[5:6]) and fails(np.full((1, 64), 100.5, np.float32))
+    big_elsewhere = normal.copy()
+    big_elsewhere[:, 1:] = 1000.0
+    assert not fails(big_elsewhere)
+    print("flaky: a batch with a row whose input[0] > 100 fails at run time; rows with input[0] <= 100 succeed")
+
+    small = np.full((2, 64), 0.1, np.float32)  # warm-up request: two rows of 0.1
+    assert not fails(small)
+    return Bundle(
+        "flaky",
+        "MLP (64 -> 10 probabilities) that fails the whole batch at run time when a row has input[0] > 100",
+        model,
+        [("input", "FP32", [-1, 64])],
+        [("probabilities", "FP32", [-1, 10])],
+        dict(max_batch_size=32, max_queue_delay_us=0, preferred_batch_sizes=[8, 16, 32], max_queue_size=1024, timeout_ms=10000),
+        dict(count=1, device="cpu", intra_op_threads=1),
+        {"task": "testing", "note": "a row with input[0] > 100 makes the backend fail the batch"},
+        sample,
+        warmup=("warmup.json", [{"input": small}]),
+    )
+
+
+def build_flaky_badwarmup(flaky: Bundle) -> Bundle:
+    """flaky's model whose warm-up request trips it: warm-up fails at inference."""
+    bad = np.full((2, 64), 0.1, np.float32)
+    bad[1, 0] = 1000.0
+    quiet = session(flaky.model, quiet=True)
+    try:
+        quiet.run(None, {"input": bad})
+    except Exception as e:
+        assert "out of" in str(e) and "bounds" in str(e), str(e)
+    else:
+        raise AssertionError("flaky-badwarmup: the warm-up request ran; it must fail")
+    return Bundle(
+        flaky.name,
+        "flaky with a warm-up request that fails (its second row has input[0] = 1000)",
+        flaky.model,
+        flaky.inputs,
+        flaky.outputs,
+        flaky.batching,
+        flaky.instances,
+        flaky.tags,
+        flaky.sample,
+        labels=flaky.labels,
+        warmup=("warmup.json", [{"input": bad}]),
+    )
+
+
+def build_extra_bundles() -> dict[str, Bundle]:
+    """examples/bundles/DIR -> bundle, in writing order."""
+    mlp_v2 = build_mlp_v2()
+    flaky = build_flaky()
+    return {
+        "mlp-v2": mlp_v2,
+        "flaky": flaky,
+        "flaky-badwarmup": build_flaky_badwarmup(flaky),
+    }
+
+
 def toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -423,6 +583,8 @@ def bundle_toml(b: Bundle) -> str:
         'backend = "onnx"',
         'model = "model.onnx"',
     ]
+    if b.warmup is not None:
+        lines.append(f"warmup = {toml_value(b.warmup[0])}")
     for section, tensors in (("inputs", b.inputs), ("outputs", b.outputs)):
         for name, datatype, shape in tensors:
             lines += ["", f"[[{section}]]", f"name = {toml_value(name)}", f"datatype = {toml_value(datatype)}", f"shape = {toml_value(shape)}"]
@@ -466,8 +628,25 @@ def check_sample(b: Bundle, path: Path) -> None:
     assert all(o.shape[0] == 2 for o in outputs), b.name
 
 
+def warmup_json(b: Bundle) -> str:
+    """The warm-up file: a JSON list of inference requests, in the sample's encoding."""
+    requests = []
+    for request in b.warmup[1]:
+        inputs = []
+        for name, datatype, _ in b.inputs:
+            arr = request[name]
+            assert datatype == "FP32", (b.name, name, datatype)  # all the warm-up files need so far
+            data = [float(str(x)) for x in arr.flatten()]
+            inputs.append({"name": name, "datatype": datatype, "shape": list(arr.shape), "data": data})
+        requests.append({"inputs": inputs})
+    return json.dumps(requests) + "\n"
+
+
 def write_bundle(out: Path, b: Bundle) -> None:
-    d = out / b.name / "1"
+    write_bundle_dir(out / b.name / "1", b)
+
+
+def write_bundle_dir(d: Path, b: Bundle) -> None:
     if d.exists():
         shutil.rmtree(d)
     d.mkdir(parents=True)
@@ -484,6 +663,15 @@ def write_bundle(out: Path, b: Bundle) -> None:
         assert all(label and "\n" not in label for label in labels), (b.name, output)
         (d / file_name).write_bytes(("\n".join(labels) + "\n").encode("utf-8"))
     check_sample(b, d / "sample.json")
+    if b.warmup is not None:
+        assert parsed["warmup"] == b.warmup[0], (b.name, parsed.get("warmup"))
+        (d / b.warmup[0]).write_text(warmup_json(b), encoding="utf-8")
+        decoded = json.loads((d / b.warmup[0]).read_text(encoding="utf-8"))
+        assert isinstance(decoded, list) and len(decoded) == len(b.warmup[1]), b.name
+        for req, want in zip(decoded, b.warmup[1]):
+            for t in req["inputs"]:
+                arr = np.array(t["data"], dtype=DTYPES[t["datatype"]][1]).reshape(t["shape"])
+                assert arr.tolist() == want[t["name"]].tolist(), (b.name, t["name"])
     # Every declared input and output has a free batch dimension.
     model = onnx.load(str(d / "model.onnx"))
     for vi in list(model.graph.input) + list(model.graph.output):
@@ -491,10 +679,29 @@ def write_bundle(out: Path, b: Bundle) -> None:
     print(f"wrote {d}")
 
 
+BUNDLES_README = """\
+# Extra bundles (not served by default)
+
+Single bundles, one per folder (`bundle.toml`, `model.onnx`, `sample.json`, ...), outside the
+served repository `examples/models`. The tests register them as new versions of a model that
+`examples/models` serves; nothing loads them unless a test (or you) registers them.
+
+| folder | manifest name | what it is for |
+|---|---|---|
+| `mlp-v2` | `mlp` | version 2 of `mlp`: same signature, settings and `labels.txt`, other weights, so its outputs clearly differ from version 1 for the same input (hot swap) |
+| `flaky` | `flaky` | an MLP with `mlp`'s signature that fails the whole batch at run time (ONNX Runtime Gather out of bounds) when any row has `input[0] > 100`; rows with small values always succeed. Has a `warmup.json` (one request, two rows of 0.1) that succeeds. For rollouts that roll back against a deployment erroring on some inputs |
+| `flaky-badwarmup` | `flaky` | a later version of `flaky`: the same `model.onnx`, but its `warmup.json` request has a row with `input[0] = 1000`, so warm-up fails at inference (failed warm-up) |
+
+Generated by `examples/generate.py` (`--bundles-out DIR` to write them elsewhere); do not edit by hand.
+"""
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "models",
                         help="repository folder to write bundles into (default: examples/models)")
+    parser.add_argument("--bundles-out", type=Path, default=Path(__file__).resolve().parent / "bundles",
+                        help="folder for the loose bundles tests register as new versions (default: examples/bundles)")
     args = parser.parse_args(argv)
 
     # One generator, consumed in a fixed order: adding a model at the end keeps
@@ -503,6 +710,13 @@ def main(argv: list[str]) -> int:
     builders = [build_mlp, build_multi_io, build_conv, build_strings, build_dtypes, build_seq_sum]
     for build in builders:
         write_bundle(args.out, build(rng))
+
+    extra = build_extra_bundles()
+    for dir_name, b in extra.items():
+        write_bundle_dir(args.bundles_out / dir_name, b)
+    flaky_dir, bad_dir = args.bundles_out / "flaky", args.bundles_out / "flaky-badwarmup"
+    assert (flaky_dir / "model.onnx").read_bytes() == (bad_dir / "model.onnx").read_bytes()
+    (args.bundles_out / "README.md").write_text(BUNDLES_README, encoding="utf-8")
     return 0
 
 

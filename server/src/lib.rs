@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod classification;
+pub mod endpoints;
 pub mod events;
 pub mod grpc;
 pub mod http;
@@ -14,7 +15,6 @@ pub mod listener;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
-pub mod models;
 pub mod registry;
 pub mod repository;
 pub mod runtime;

@@ -10,15 +10,16 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use ferroserve::auth::{AuthPolicy, INFERENCE_TOKENS_ENV, MANAGEMENT_TOKENS_ENV};
+use ferroserve::endpoints::cli as ecli;
+use ferroserve::endpoints::mirror::MirrorPool;
+use ferroserve::endpoints::{Deployer, RoutingTable};
 use ferroserve::events::webhook::{self, RetryPolicy};
-use ferroserve::events::{types, BusConfig, EventBus};
+use ferroserve::events::{BusConfig, EventBus};
 use ferroserve::grpc::GrpcLimits;
 use ferroserve::http::{AppState, HttpLimits};
 use ferroserve::listener::{self, ConnLimits, ConnOptions};
 use ferroserve::metrics::Metrics;
-use ferroserve::model::Model;
-use ferroserve::models::ModelTable;
-use ferroserve::{registry, repository, runtime};
+use ferroserve::{registry, runtime};
 use hyper_util::service::TowerToHyperService;
 
 #[global_allocator]
@@ -37,10 +38,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the newest version of every bundle in a repository and serve them over HTTP and gRPC.
+    /// Serve a repository's endpoints over HTTP and gRPC.
     ///
-    /// The repository is a folder laid out as REPO/NAME/VERSION/bundle.toml; each model
-    /// is reachable as /v2/models/NAME (and /v2/models/NAME/versions/VERSION).
+    /// The repository is a folder laid out as REPO/NAME/VERSION/bundle.toml with its
+    /// registry, REPO/registry.db. Each endpoint of the registry (see `deploy`,
+    /// `traffic`, --config) is reachable as /v2/models/ENDPOINT; every other registered
+    /// model as /v2/models/NAME, serving its newest version. Changes to the registry are
+    /// applied while serving, with hot swaps that fail no request.
     Serve(ServeArgs),
     /// Register a bundle folder as the next version of a model in a repository.
     ///
@@ -60,6 +64,21 @@ enum Command {
         #[command(subcommand)]
         command: registry::cli::RepoCommand,
     },
+    /// Create or change a deployment of an endpoint (in the registry; a
+    /// running server hot-swaps to it at its next poll).
+    Deploy(ecli::DeployArgs),
+    /// Remove a deployment without traffic from its endpoint.
+    Undeploy(ecli::UndeployArgs),
+    /// Set an endpoint's traffic weights: `traffic mlp blue=90 green=10`.
+    Traffic(ecli::TrafficArgs),
+    /// Endpoints in the registry: list, show.
+    Endpoints {
+        #[command(subcommand)]
+        command: ecli::EndpointsCommand,
+    },
+    /// Shift traffic to a deployment step by step on a running server,
+    /// rolling back when its error rate or p99 breaks the budget.
+    Rollout(ecli::RolloutArgs),
 }
 
 #[derive(clap::Args)]
@@ -95,6 +114,19 @@ struct ServeArgs {
     /// instead of the newest (models without it: the newest).
     #[arg(long, value_name = "ALIAS")]
     alias: Option<String>,
+    /// Endpoints and deployments to serve (TOML, see the README): each one
+    /// replaces the registry's endpoint of that name at start-up; the
+    /// registry keeps the running state across restarts.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// How often the registry is read for changes made outside this server
+    /// (the CLI's deploy, traffic, alias, register), in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..))]
+    poll_interval_ms: u64,
+    /// Mirrored (shadow) requests in flight at once; beyond it copies are
+    /// dropped and counted in ferroserve_mirror_dropped_total.
+    #[arg(long, default_value_t = 64)]
+    mirror_max_inflight: usize,
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     host: String,
@@ -203,6 +235,17 @@ fn main() -> Result<()> {
         Command::Serve(args) => serve(args),
         Command::Register(args) => register(args),
         Command::Models { command } => registry::cli::run_models(command),
+        Command::Deploy(a) => ecli::deploy(a),
+        Command::Undeploy(a) => ecli::undeploy(a),
+        Command::Traffic(a) => ecli::traffic(a),
+        Command::Endpoints { command } => ecli::endpoints(command),
+        Command::Rollout(a) => {
+            if ecli::rollout(a)? {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
         Command::Repo { command } => {
             if registry::cli::run_repo(command)? {
                 Ok(())
@@ -273,6 +316,25 @@ fn serve(args: ServeArgs) -> Result<()> {
             false
         }
     };
+    if let Some(config) = &args.config {
+        let endpoints = ferroserve::endpoints::config::load(config)?;
+        if !registry_ok {
+            anyhow::bail!(
+                "--config {}: the registry of {} cannot be written, and deployments live there",
+                config.display(),
+                args.repo.display()
+            );
+        }
+        registry::deployments::apply_config(
+            &args.repo,
+            &endpoints,
+            &format!(
+                "ferroserve serve --config ({})",
+                registry::register::default_user()
+            ),
+        )?;
+        tracing::info!(config = %config.display(), endpoints = endpoints.len(), "deployment configuration applied");
+    }
     let metrics = Arc::new(Metrics::new());
     let (events, webhook_queues) = EventBus::new(
         BusConfig {
@@ -284,30 +346,51 @@ fn serve(args: ServeArgs) -> Result<()> {
         },
         &metrics,
     );
-    let mut models = Vec::new();
-    let mut bundles = repository::newest_versions(&args.repo)?;
+    if !registry::Store::exists(&args.repo) {
+        // Nothing registered and nothing to import: say what is missing.
+        ferroserve::repository::newest_versions(&args.repo)?;
+    }
     if registry_ok {
-        registry::models::recorded_only(&args.repo, &mut bundles)?;
+        // Only for its warnings: a newest version folder without a registry
+        // row (an interrupted registration, a hand-made folder) is not
+        // served; the newest registered version is.
+        if let Ok(mut bundles) = ferroserve::repository::newest_versions(&args.repo) {
+            registry::models::recorded_only(&args.repo, &mut bundles)?;
+        }
     }
-    if let Some(alias) = &args.alias {
-        registry::models::apply_alias(&args.repo, alias, &mut bundles)?;
-    }
-    for bundle in bundles {
-        let manifest = bundle.manifest()?;
-        let model = Model::load(manifest, bundle.version, &metrics).with_context(|| {
-            format!("loading model {:?} version {}", bundle.name, bundle.version)
-        })?;
-        tracing::info!(
-            model = %model.name,
-            version = model.version,
-            instances = model.manifest.instances.count,
-            max_batch_size = model.manifest.batching.max_batch_size,
-            "model loaded"
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .thread_name("ferroserve-io")
+        .enable_all()
+        .build()?;
+    let routes = Arc::new(RoutingTable::new(Arc::new(MirrorPool::new(
+        args.mirror_max_inflight,
+        &metrics,
+    ))));
+    let deployer = Arc::new(Deployer::new(
+        args.repo.clone(),
+        Arc::clone(&metrics),
+        events.clone(),
+        Arc::clone(&routes),
+        args.alias.clone(),
+        registry_ok,
+    ));
+    // Every endpoint loads and warms up before the ports open; a
+    // deployment that fails stops start-up, as a broken bundle stops
+    // Triton's (later changes that fail leave the old version serving).
+    rt.block_on(deployer.reconcile("startup", true))
+        .context("starting the deployments")?;
+    if routes.all().is_empty() {
+        anyhow::bail!(
+            "nothing to serve in {}: no registered model and no endpoint (register a bundle first)",
+            args.repo.display()
         );
-        models.push(model);
     }
     let state = Arc::new(AppState {
-        models: Arc::new(ModelTable::new(models)),
+        routes,
+        deployer: Some(Arc::clone(&deployer)),
+        rollouts: Arc::default(),
         metrics,
         limits: HttpLimits {
             max_body_bytes: args.max_body_bytes,
@@ -332,12 +415,6 @@ fn serve(args: ServeArgs) -> Result<()> {
         auth,
         &state.metrics,
     );
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores)
-        .thread_name("ferroserve-io")
-        .enable_all()
-        .build()?;
     rt.block_on(async {
         let bind = |port: u16, flag: &'static str| {
             let host = args.host.clone();
@@ -371,7 +448,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             },
         );
         state.ready.store(true, Ordering::Release);
-        emit_startup_events(&state);
+        deployer.watch(Duration::from_millis(args.poll_interval_ms));
         tracing::info!("HTTP server listening on {}", http.local_addr()?);
         tracing::info!("gRPC server listening on {}", grpc.local_addr()?);
         let grace = Duration::from_secs(args.shutdown_grace_s);
@@ -403,29 +480,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         anyhow::Ok(())
     })?;
     state.events.flush_audit(Duration::from_secs(2));
-    state.models.clear();
+    state.routes.clear();
     tracing::info!("shut down cleanly");
     Ok(())
-}
-
-/// `io.ferroserve.deployment.created` for every model served: a model
-/// being served from start-up is the closest of the event catalogue to
-/// "model loaded".
-fn emit_startup_events(state: &AppState) {
-    for m in state.models.all() {
-        let e = state.events.event(
-            types::DEPLOYMENT_CREATED,
-            &format!("{}:{}", m.name, m.version),
-            serde_json::json!({
-                "model": m.name,
-                "version": m.version,
-                "backend": m.manifest.backend.to_string(),
-                "instances": m.manifest.instances.count,
-                "reason": "startup",
-            }),
-        );
-        state.events.emit(e);
-    }
 }
 
 /// Says what is protected, never with what: token counts only.

@@ -51,6 +51,10 @@ struct RawManifest {
     description: String,
     backend: BackendKind,
     model: String,
+    /// A JSON file in the bundle: one v2 inference request, or a list of
+    /// them, run through a new version before it receives traffic.
+    #[serde(default)]
+    warmup: Option<String>,
     #[serde(default)]
     inputs: Vec<RawTensor>,
     #[serde(default)]
@@ -139,6 +143,8 @@ pub struct Manifest {
     pub description: String,
     pub backend: BackendKind,
     pub model_path: PathBuf,
+    /// The warm-up samples file, if the bundle has one.
+    pub warmup: Option<PathBuf>,
     pub declared: Signature,
     pub batching: Batching,
     pub instances: Instances,
@@ -204,6 +210,19 @@ impl Manifest {
                 ),
             ));
         }
+        let warmup = match &raw.warmup {
+            None => None,
+            Some(w) => {
+                let path = dir.join(w);
+                if !path.is_file() {
+                    return Err(err(
+                        "warmup".into(),
+                        format!("warm-up samples file {w:?} not found at {}", path.display()),
+                    ));
+                }
+                Some(path)
+            }
+        };
         let mut declared = Signature::default();
         for (section, list, out) in [
             ("inputs", &raw.inputs, &mut declared.inputs),
@@ -320,6 +339,7 @@ impl Manifest {
             description: raw.description,
             backend: raw.backend,
             model_path,
+            warmup,
             declared,
             batching: raw.batching,
             instances: raw.instances,

@@ -1,5 +1,7 @@
 //! Prometheus metrics. Label sets are small and fixed (model, version,
-//! outcome) so that cardinality stays bounded whatever clients send.
+//! endpoint, deployment, outcome) so that cardinality stays bounded
+//! whatever clients send: every label value comes from the registry, never
+//! from a request.
 
 use prometheus::{
     exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
@@ -38,19 +40,23 @@ pub struct Metrics {
     pub webhook_failures: prometheus::IntCounter,
     /// Server-sent-event subscribers connected now.
     pub event_subscribers: IntGauge,
+    /// Mirrored copies answered by a shadow deployment, by outcome.
+    pub mirror_requests: IntCounterVec,
+    /// Mirrored copies dropped because too many were in flight.
+    pub mirror_dropped: IntCounterVec,
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let mv = &["model", "version"];
+        let mv = &["model", "version", "endpoint", "deployment"];
         let latency_buckets = exponential_buckets(50e-6, 2.0, 18).expect("valid buckets");
         let requests = IntCounterVec::new(
             Opts::new(
                 "ferroserve_requests_total",
                 "Inference requests by model, version and outcome",
             ),
-            &["model", "version", "outcome"],
+            &["model", "version", "endpoint", "deployment", "outcome"],
         )
         .expect("valid metric");
         let hist = |name: &str, help: &str| {
@@ -91,7 +97,7 @@ impl Metrics {
         .expect("valid metric");
         let inflight = IntGaugeVec::new(
             Opts::new("ferroserve_inflight_requests", "Requests being handled"),
-            &["model"],
+            mv,
         )
         .expect("valid metric");
         let rejected = IntCounterVec::new(
@@ -151,6 +157,22 @@ impl Metrics {
             "Server-sent-event subscribers connected now",
         )
         .expect("valid metric");
+        let mirror_requests = IntCounterVec::new(
+            Opts::new(
+                "ferroserve_mirror_requests_total",
+                "Mirrored copies of live requests answered by a shadow deployment, by outcome",
+            ),
+            &["endpoint", "deployment", "outcome"],
+        )
+        .expect("valid metric");
+        let mirror_dropped = IntCounterVec::new(
+            Opts::new(
+                "ferroserve_mirror_dropped_total",
+                "Mirrored copies dropped because too many were in flight",
+            ),
+            &["endpoint", "deployment"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -168,6 +190,8 @@ impl Metrics {
             Box::new(webhook_deliveries.clone()),
             Box::new(webhook_failures.clone()),
             Box::new(event_subscribers.clone()),
+            Box::new(mirror_requests.clone()),
+            Box::new(mirror_dropped.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -190,6 +214,8 @@ impl Metrics {
             webhook_deliveries,
             webhook_failures,
             event_subscribers,
+            mirror_requests,
+            mirror_dropped,
         }
     }
 
@@ -215,32 +241,45 @@ pub struct ModelMetrics {
     pub inflight: prometheus::IntGauge,
     /// For the rare failure outcomes, looked up when they happen.
     requests: IntCounterVec,
-    labels: [String; 2],
+    labels: [String; 4],
 }
 
 impl ModelMetrics {
     pub fn failure(&self, outcome: &str) {
+        let [m, v, e, d] = &self.labels;
         self.requests
-            .with_label_values(&[self.labels[0].as_str(), self.labels[1].as_str(), outcome])
+            .with_label_values(&[m.as_str(), v.as_str(), e.as_str(), d.as_str(), outcome])
             .inc();
     }
 }
 
 impl Metrics {
+    /// A model served outside any endpoint configuration: its implicit
+    /// endpoint of the same name, deployment `default`.
     pub fn for_model(&self, model: &str, version: &str) -> ModelMetrics {
-        let mv = [model, version];
+        self.for_deployment(model, version, model, "default")
+    }
+
+    pub fn for_deployment(
+        &self,
+        model: &str,
+        version: &str,
+        endpoint: &str,
+        deployment: &str,
+    ) -> ModelMetrics {
+        let mv = [model, version, endpoint, deployment];
         ModelMetrics {
             success: self
                 .requests
-                .with_label_values(&[model, version, "success"]),
+                .with_label_values(&[model, version, endpoint, deployment, "success"]),
             request_duration: self.request_duration.with_label_values(&mv),
             queue_duration: self.queue_duration.with_label_values(&mv),
             compute_duration: self.compute_duration.with_label_values(&mv),
             batch_rows: self.batch_rows.with_label_values(&mv),
             queue_depth: self.queue_depth.with_label_values(&mv),
-            inflight: self.inflight.with_label_values(&[model]),
+            inflight: self.inflight.with_label_values(&mv),
             requests: self.requests.clone(),
-            labels: [model.to_string(), version.to_string()],
+            labels: mv.map(str::to_string),
         }
     }
 }

@@ -42,6 +42,19 @@ impl Model {
     /// against the model's own signature and starts the scheduler. Blocking:
     /// call it off the async runtime.
     pub fn load(manifest: Manifest, version: u64, metrics: &Metrics) -> Result<Model, LoadError> {
+        let name = manifest.name.clone();
+        Model::load_deployment(manifest, version, &name, "default", metrics)
+    }
+
+    /// [`Model::load`] for deployment `deployment` of endpoint `endpoint`,
+    /// which label its metrics.
+    pub fn load_deployment(
+        manifest: Manifest,
+        version: u64,
+        endpoint: &str,
+        deployment: &str,
+        metrics: &Metrics,
+    ) -> Result<Model, LoadError> {
         let threads = match manifest.instances.intra_op_threads {
             0 => {
                 let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -65,7 +78,8 @@ impl Model {
         }
         let signature = manifest.reconcile(backends[0].signature())?;
         let version_label = version.to_string();
-        let model_metrics = metrics.for_model(&manifest.name, &version_label);
+        let model_metrics =
+            metrics.for_deployment(&manifest.name, &version_label, endpoint, deployment);
         let b = &manifest.batching;
         let scheduler = Scheduler::start(
             &manifest.name,
@@ -76,9 +90,7 @@ impl Model {
                 preferred_batch_sizes: b.preferred_batch_sizes.clone(),
             },
             b.max_queue_size,
-            metrics
-                .batch_rows
-                .with_label_values(&[&manifest.name, &version_label]),
+            model_metrics.batch_rows.clone(),
         )
         .map_err(|source| LoadError::Threads {
             name: manifest.name.clone(),

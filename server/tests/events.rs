@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferroserve::auth::AuthPolicy;
+use ferroserve::endpoints::mirror::MirrorPool;
+use ferroserve::endpoints::RoutingTable;
 use ferroserve::events::{types, BusConfig, EventBus};
 use ferroserve::http::{AppState, HttpLimits};
 use ferroserve::listener::{ConnLimits, ConnOptions};
 use ferroserve::metrics::Metrics;
-use ferroserve::models::ModelTable;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -166,7 +167,9 @@ fn a_webhook_receives_each_startup_event_as_documented() {
         );
         assert!(!e["id"].as_str().unwrap().is_empty());
         let model = e["data"]["model"].as_str().unwrap().to_string();
-        assert_eq!(e["subject"], format!("{model}:1").as_str());
+        assert_eq!(e["subject"], format!("{model}/default").as_str());
+        assert_eq!(e["data"]["endpoint"], model.as_str());
+        assert_eq!(e["data"]["deployment"], "default");
         assert_eq!(e["data"]["version"], 1);
         assert_eq!(e["data"]["backend"], "onnx");
         assert_eq!(e["data"]["reason"], "startup");
@@ -174,7 +177,7 @@ fn a_webhook_receives_each_startup_event_as_documented() {
         subjects.push(e["subject"].as_str().unwrap().to_string());
     }
     subjects.sort();
-    assert_eq!(subjects, ["mlp:1", "seq_sum:1"]);
+    assert_eq!(subjects, ["mlp/default", "seq_sum/default"]);
     assert_ne!(got[0].body["id"], got[1].body["id"]);
     let m = server.metrics();
     assert_eq!(
@@ -403,7 +406,9 @@ fn a_subscriber_receives_events_emitted_while_connected() {
     let metrics = Arc::new(Metrics::new());
     let (bus, _) = EventBus::new(BusConfig::default(), &metrics);
     let state = Arc::new(AppState {
-        models: Arc::new(ModelTable::new(Vec::new())),
+        routes: Arc::new(RoutingTable::new(Arc::new(MirrorPool::new(8, &metrics)))),
+        deployer: None,
+        rollouts: Arc::default(),
         metrics: Arc::clone(&metrics),
         limits: HttpLimits::default(),
         ready: AtomicBool::new(true),

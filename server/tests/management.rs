@@ -135,24 +135,34 @@ fn upload_show_list_alias_and_delete() {
     );
     assert_eq!(r.status, 400);
     assert!(error_of(&r).contains("version"), "{}", r.text());
+    // The upload moved the model's implicit endpoint (it tracks the newest
+    // version) to version 2: that one is served, so it stays.
+    let r = server.request("GET", "/v2/models/mlp", &[], b"");
+    assert_eq!(
+        r.json()["versions"],
+        serde_json::json!(["2"]),
+        "{}",
+        r.text()
+    );
     let r = server.request("DELETE", "/v2/admin/models/mlp/versions/2", &[], b"");
     assert_eq!(r.status, 409, "{}", r.text());
-    assert!(error_of(&r).contains("mlp@prod"), "{}", r.text());
+    assert!(error_of(&r).contains("mlp/default"), "{}", r.text());
 
-    // Version 1 is the one this server serves.
-    let r = server.request("DELETE", "/v2/admin/models/mlp/versions/1", &[], b"");
-    assert_eq!(r.status, 409, "{}", r.text());
-    assert!(error_of(&r).contains("serving"), "{}", r.text());
-    assert!(repo.join("mlp/1").is_dir());
-
-    // An unaliased, unserved version goes (bundle at the archive's root).
+    // Version 3 takes over; 2 is no longer served but its alias keeps it.
     let r = upload(&server, "", &bundle_archive(""));
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.json()["version"], 3);
+    let r = server.request("DELETE", "/v2/admin/models/mlp/versions/2", &[], b"");
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(error_of(&r).contains("mlp@prod"), "{}", r.text());
     let r = server.request("DELETE", "/v2/admin/models/mlp/versions/3", &[], b"");
+    assert_eq!(r.status, 409, "{}", r.text());
+
+    // An unaliased, unserved version goes.
+    let r = server.request("DELETE", "/v2/admin/models/mlp/versions/1", &[], b"");
     assert_eq!(r.status, 204, "{}", r.text());
-    assert!(!repo.join("mlp/3").exists());
-    let r = server.request("GET", "/v2/admin/models/mlp/versions/3", &[], b"");
+    assert!(!repo.join("mlp/1").exists());
+    let r = server.request("GET", "/v2/admin/models/mlp/versions/1", &[], b"");
     assert_eq!(r.status, 404, "{}", r.text());
     let r = server.request("DELETE", "/v2/admin/models/mlp/versions/9", &[], b"");
     assert_eq!(r.status, 404, "{}", r.text());

@@ -423,6 +423,8 @@ fn a_version_1_registry_is_migrated_on_first_use() {
             "BEGIN;
              DROP TABLE aliases;
              DROP TABLE pending_registrations;
+             DROP TABLE deployments;
+             DROP TABLE endpoints;
              ALTER TABLE models DROP COLUMN last_version;
              PRAGMA user_version = 1;
              COMMIT;",
@@ -438,7 +440,7 @@ fn a_version_1_registry_is_migrated_on_first_use() {
     let v: i64 = c
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .unwrap();
-    assert_eq!(v, 3);
+    assert_eq!(v, 4);
     let hw: i64 = c
         .query_row(
             "SELECT last_version FROM models WHERE name = 'mlp'",

@@ -55,10 +55,21 @@ pub mod types {
     pub const DEPLOYMENT_CREATED: &str = "io.ferroserve.deployment.created";
     /// A deployment changed (version, instances).
     pub const DEPLOYMENT_UPDATED: &str = "io.ferroserve.deployment.updated";
+    /// A deployment stopped being served (removed from its endpoint). Data:
+    /// endpoint, deployment, model, version.
+    pub const DEPLOYMENT_DELETED: &str = "io.ferroserve.deployment.deleted";
     /// A deployment could not be created or updated. Data includes `error`.
     pub const DEPLOYMENT_FAILED: &str = "io.ferroserve.deployment.failed";
     /// Traffic weights between versions changed.
     pub const TRAFFIC_CHANGED: &str = "io.ferroserve.traffic.changed";
+    /// An endpoint's desired state changed in the registry (deploy,
+    /// undeploy, traffic, configuration). Data: op, before, after.
+    pub const ENDPOINT_CHANGED: &str = "io.ferroserve.endpoint.changed";
+    /// A safe rollout finished: every step passed. Data: endpoint, to, steps.
+    pub const ROLLOUT_COMPLETED: &str = "io.ferroserve.rollout.completed";
+    /// A safe rollout broke its budget and traffic went back. Data:
+    /// endpoint, to, step, reason, and the measured error rate and p99.
+    pub const ROLLOUT_ROLLED_BACK: &str = "io.ferroserve.rollout.rolled_back";
     /// Input or prediction drift was detected.
     pub const DRIFT_DETECTED: &str = "io.ferroserve.drift.detected";
 }
@@ -70,6 +81,7 @@ pub const REGISTRY_AUDITED: &[&str] = &[
     types::MODEL_REGISTERED,
     types::ALIAS_MOVED,
     types::VERSION_DELETED,
+    types::ENDPOINT_CHANGED,
 ];
 
 /// One CloudEvent, structured mode: this serializes to exactly the JSON

@@ -19,6 +19,7 @@ use super::proto::model_infer_response::InferOutputTensor;
 use super::proto::model_metadata_response::TensorMetadata;
 use super::proto::*;
 use crate::classification;
+use crate::endpoints::DEPLOYMENT_HEADER;
 use crate::http::{select_outputs, AppState, EXTENSIONS};
 use crate::infer::InferError;
 
@@ -88,16 +89,21 @@ fn grpc_timeout(meta: &tonic::metadata::MetadataMap) -> Option<Duration> {
 }
 
 impl Grpc {
+    /// Answers one request; also returns the deployment that answered.
     async fn infer(
         &self,
         msg: ModelInferRequest,
         deadline: Option<Duration>,
-    ) -> Result<ModelInferResponse, InferError> {
+        pin: Option<&str>,
+    ) -> Result<(ModelInferResponse, String), InferError> {
         let started = Instant::now();
-        let model = self
+        let endpoint = msg.model_name.clone();
+        let routed = self
             .state
-            .models
-            .get(&msg.model_name, non_empty(&msg.model_version))?;
+            .routes
+            .route(&endpoint, non_empty(&msg.model_version), pin)?;
+        let deployment = routed.deployment.name.clone();
+        let model = Arc::clone(routed.model());
         let result = async {
             let GrpcRequest {
                 request,
@@ -109,7 +115,7 @@ impl Grpc {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let output = model.infer(request.inputs, timeout).await?;
+            let output = routed.infer(request.inputs, timeout).await?;
             let classified = classification::classify_selected(
                 &model,
                 request.outputs.as_deref(),
@@ -133,7 +139,7 @@ impl Grpc {
                 raw.push(t.data.clone());
             }
             Ok(ModelInferResponse {
-                model_name: model.name.clone(),
+                model_name: endpoint,
                 model_version: model.version_label.clone(),
                 id: request.id.unwrap_or_default(),
                 parameters,
@@ -143,7 +149,19 @@ impl Grpc {
         }
         .await;
         model.record(&result, started);
-        result
+        result.map(|r| (r, deployment))
+    }
+}
+
+/// The deployment a call pins, from the `x-ferroserve-deployment`
+/// metadata (for a stream: every request of it).
+fn pin_of(md: &tonic::metadata::MetadataMap) -> Result<Option<String>, Status> {
+    match md.get(DEPLOYMENT_HEADER).map(|v| v.to_str()) {
+        None => Ok(None),
+        Some(Ok(v)) => Ok(Some(v.trim().to_string())),
+        Some(Err(_)) => Err(Status::invalid_argument(format!(
+            "metadata {DEPLOYMENT_HEADER} must be a deployment name in ASCII"
+        ))),
     }
 }
 
@@ -185,11 +203,7 @@ impl GrpcInferenceService for Grpc {
         // An unknown model or version is simply not ready, as Triton answers;
         // clients ask this to poll for a model that is still loading.
         let r = req.into_inner();
-        let known = self
-            .state
-            .models
-            .get(&r.name, non_empty(&r.version))
-            .is_ok();
+        let known = crate::http::served(&self.state, &r.name, non_empty(&r.version)).is_ok();
         Ok(Response::new(ModelReadyResponse {
             ready: known && self.state.is_ready(),
         }))
@@ -211,11 +225,9 @@ impl GrpcInferenceService for Grpc {
         req: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
         let r = req.into_inner();
-        let model = self
-            .state
-            .models
-            .get(&r.name, non_empty(&r.version))
+        let served = crate::http::served(&self.state, &r.name, non_empty(&r.version))
             .map_err(|e| status_of(&e))?;
+        let model = &served.model;
         let tensors = |list: &[ferroserve_backend_core::TensorSpec]| {
             list.iter()
                 .map(|t| TensorMetadata {
@@ -226,8 +238,12 @@ impl GrpcInferenceService for Grpc {
                 .collect()
         };
         Ok(Response::new(ModelMetadataResponse {
-            name: model.name.clone(),
-            versions: vec![model.version_label.clone()],
+            name: r.name.clone(),
+            versions: if r.version.is_empty() {
+                served.endpoint.versions()
+            } else {
+                vec![model.version_label.clone()]
+            },
             platform: "onnxruntime_onnx".into(),
             inputs: tensors(&model.signature.inputs),
             outputs: tensors(&model.signature.outputs),
@@ -239,10 +255,16 @@ impl GrpcInferenceService for Grpc {
         req: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
         let deadline = grpc_timeout(req.metadata());
-        self.infer(req.into_inner(), deadline)
+        let pin = pin_of(req.metadata())?;
+        let (answer, deployment) = self
+            .infer(req.into_inner(), deadline, pin.as_deref())
             .await
-            .map(Response::new)
-            .map_err(|e| status_of(&e))
+            .map_err(|e| status_of(&e))?;
+        let mut response = Response::new(answer);
+        if let Ok(v) = deployment.parse() {
+            response.metadata_mut().insert(DEPLOYMENT_HEADER, v);
+        }
+        Ok(response)
     }
 
     type ModelStreamInferStream = ResponseStream;
@@ -255,6 +277,7 @@ impl GrpcInferenceService for Grpc {
         req: Request<Streaming<ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let deadline = grpc_timeout(req.metadata());
+        let pin: Option<Arc<str>> = pin_of(req.metadata())?.map(Arc::from);
         let mut inbound = req.into_inner();
         let (pending_tx, mut pending_rx) = mpsc::channel(STREAM_INFLIGHT);
         let (out_tx, out_rx) = mpsc::channel(STREAM_INFLIGHT);
@@ -264,6 +287,7 @@ impl GrpcInferenceService for Grpc {
                 match inbound.message().await {
                     Ok(Some(msg)) => {
                         let this = this.clone();
+                        let pin = pin.clone();
                         // Kept so an error answer still names its request.
                         let echo = ModelInferResponse {
                             model_name: msg.model_name.clone(),
@@ -272,7 +296,10 @@ impl GrpcInferenceService for Grpc {
                             ..Default::default()
                         };
                         let task = tokio::spawn(async move {
-                            this.infer(msg, deadline).await.map_err(|e| (e, echo))
+                            this.infer(msg, deadline, pin.as_deref())
+                                .await
+                                .map(|(r, _)| r)
+                                .map_err(|e| (e, echo))
                         });
                         if pending_tx.send(Pending::Task(task)).await.is_err() {
                             return;

@@ -35,7 +35,7 @@ use crate::registry::{self as reg, RegistryError};
 pub const DEFAULT_USER: &str = "http";
 
 /// Why a management request failed: a status and a message.
-struct Failure(StatusCode, String);
+pub(super) struct Failure(pub(super) StatusCode, pub(super) String);
 
 impl From<RegistryError> for Failure {
     fn from(e: RegistryError) -> Self {
@@ -52,7 +52,7 @@ impl From<RegistryError> for Failure {
     }
 }
 
-fn bad(msg: impl Into<String>) -> Failure {
+pub(super) fn bad(msg: impl Into<String>) -> Failure {
     Failure(StatusCode::BAD_REQUEST, msg.into())
 }
 
@@ -83,9 +83,31 @@ pub async fn handle(state: &AppState, rest: &[&str], req: Request<Incoming>) -> 
     result.unwrap_or_else(|Failure(status, msg)| reply::error(status, &msg))
 }
 
-type Reply = Result<Response<Body>, Failure>;
+pub(super) type Reply = Result<Response<Body>, Failure>;
 
-fn repo(state: &AppState) -> Result<PathBuf, Failure> {
+/// Reads a small JSON body (at most 64 KiB); `what` says what was expected.
+pub(super) async fn read_json<T: for<'de> serde::Deserialize<'de>>(
+    req: Request<Incoming>,
+    what: &str,
+) -> Result<T, Failure> {
+    const MAX: usize = 64 << 10;
+    let body = match http_body_util::Limited::new(req.into_body(), MAX)
+        .collect()
+        .await
+    {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(Failure(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body: expected at most {MAX} bytes of JSON"),
+            ))
+        }
+        Err(e) => return Err(bad(format!("could not read the request body: {e}"))),
+    };
+    serde_json::from_slice(&body).map_err(|e| bad(format!("body: expected {what}: {e}")))
+}
+
+pub(super) fn repo(state: &AppState) -> Result<PathBuf, Failure> {
     state.repo.clone().ok_or_else(|| {
         Failure(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -95,7 +117,7 @@ fn repo(state: &AppState) -> Result<PathBuf, Failure> {
 }
 
 /// Runs registry work off the tokio workers.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Failure> + Send + 'static,
 ) -> Result<T, Failure> {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
@@ -163,16 +185,16 @@ async fn delete(state: &AppState, name: &str, v: &str) -> Reply {
     let VersionRef::Number(_, version) = r else {
         unreachable!("version_ref gives a number")
     };
-    if let Ok(m) = state.models.get(name, None) {
-        if m.version == version {
-            return Err(Failure(
-                StatusCode::CONFLICT,
-                format!(
-                    "cannot delete version {name}:{version}: this server is serving it \
-                     (an active deployment); serve another version first"
-                ),
-            ));
-        }
+    let serving = state.routes.serves(name, version);
+    if !serving.is_empty() {
+        return Err(Failure(
+            StatusCode::CONFLICT,
+            format!(
+                "cannot delete version {name}:{version}: this server serves it in deployment {} \
+                 (an active deployment); point the deployment at another version first",
+                serving.join(", ")
+            ),
+        ));
     }
     let deleted = blocking(move || Ok(models::delete(&repo, &r, false, DEFAULT_USER)?)).await?;
     state.events.emit(state.events.event(
@@ -190,22 +212,7 @@ async fn delete(state: &AppState, name: &str, v: &str) -> Reply {
 
 async fn set_alias(state: &AppState, name: &str, alias: &str, req: Request<Incoming>) -> Reply {
     let repo = repo(state)?;
-    const MAX_ALIAS_BODY: usize = 64 << 10;
-    let body = match http_body_util::Limited::new(req.into_body(), MAX_ALIAS_BODY)
-        .collect()
-        .await
-    {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(Failure(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body: expected at most {MAX_ALIAS_BODY} bytes of JSON"),
-            ))
-        }
-        Err(e) => return Err(bad(format!("could not read the request body: {e}"))),
-    };
-    let v: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| bad(format!("body: expected JSON {{\"version\": N}}: {e}")))?;
+    let v: serde_json::Value = read_json(req, "JSON {\"version\": N}").await?;
     let version = match v.get("version") {
         Some(n) => n.as_u64().filter(|&n| n > 0).ok_or_else(|| {
             bad(format!(
@@ -240,6 +247,7 @@ async fn set_alias(state: &AppState, name: &str, alias: &str, req: Request<Incom
             "to": moved.to,
         }),
     ));
+    super::endpoints_api::reconcile(state, "alias moved").await;
     Ok(reply::json(StatusCode::OK, &moved))
 }
 
@@ -404,6 +412,9 @@ async fn upload(
             "registered_by": info.registered_by,
         }),
     ));
+    // Deployments that track the newest version move to it now (loaded
+    // and warmed up before the answer), not at the next registry poll.
+    super::endpoints_api::reconcile(state, "model registered").await;
     Ok(reply::json(StatusCode::CREATED, &info))
 }
 

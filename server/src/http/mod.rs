@@ -4,6 +4,7 @@
 //! loop in [`crate::listener`].
 
 mod codec;
+mod endpoints_api;
 mod json_data;
 mod management;
 mod reply;
@@ -20,11 +21,12 @@ use tokio::net::TcpListener;
 use crate::events::EventBus;
 use crate::listener::{self, ConnOptions};
 
+use crate::endpoints::rollout::Rollouts;
+use crate::endpoints::{Deployer, RoutingTable};
 use crate::metrics::Metrics;
-use crate::models::ModelTable;
 
 pub use codec::{decode_request, select_outputs, InferRequest, RequestedOutput};
-pub use routes::EXTENSIONS;
+pub use routes::{served, Served, EXTENSIONS};
 
 /// Limits applied to every HTTP request. Connection-level limits (header
 /// read and idle timeouts, connection count, HTTP/2 settings) are the
@@ -50,7 +52,12 @@ impl Default for HttpLimits {
 
 /// What request handlers share: a handful of `Arc`s, no god object.
 pub struct AppState {
-    pub models: Arc<ModelTable>,
+    /// What each endpoint name reaches now.
+    pub routes: Arc<RoutingTable>,
+    /// Changes the routing table (hot swaps); `None` where nothing may
+    /// change it (tests of a fixed table).
+    pub deployer: Option<Arc<Deployer>>,
+    pub rollouts: Arc<Rollouts>,
     pub metrics: Arc<Metrics>,
     pub limits: HttpLimits,
     /// Goes false the moment shutdown starts, so load balancers stop sending.

@@ -15,6 +15,7 @@ use super::codec::{self, ResponseParts};
 use super::reply::{self, Body};
 use super::AppState;
 use crate::classification;
+use crate::endpoints::{Routed, DEPLOYMENT_HEADER};
 use crate::infer::InferError;
 use crate::model::Model;
 
@@ -65,9 +66,14 @@ pub async fn handle(
         (["v2", "admin", "models", rest @ ..], _) => {
             super::management::handle(&state, rest, req).await
         }
+        (["v2", "admin", "endpoints", rest @ ..], _) => {
+            super::endpoints_api::handle(&state, rest, req).await
+        }
         (["v2", "models", rest @ ..], m) => match model_route(rest) {
             Some((name, version, action)) => match (action, m) {
-                ("", &Method::GET) => with_model(&state, name, version, model_metadata),
+                ("", &Method::GET) => with_model(&state, name, version, |m| {
+                    model_metadata(name, version, &m)
+                }),
                 ("ready", &Method::GET) => {
                     with_model(&state, name, version, |_| ready_status(state.is_ready()))
                 }
@@ -102,16 +108,41 @@ fn model_route<'a>(rest: &[&'a str]) -> Option<(&'a str, Option<&'a str>, &'a st
     }
 }
 
+/// Runs `f` on the endpoint's deployment serving `version` (any version:
+/// the one with the most traffic).
 fn with_model(
     state: &AppState,
     name: &str,
     version: Option<&str>,
-    f: impl FnOnce(&Model) -> Response<Body>,
+    f: impl FnOnce(Served) -> Response<Body>,
 ) -> Response<Body> {
-    match state.models.get(name, version) {
-        Ok(model) => f(&model),
+    match served(state, name, version) {
+        Ok(s) => f(s),
         Err(e) => reply::infer_error(&e),
     }
+}
+
+/// An endpoint and the deployment that describes it.
+pub struct Served {
+    pub endpoint: Arc<crate::endpoints::routing::Endpoint>,
+    pub model: Arc<Model>,
+}
+
+pub fn served(state: &AppState, name: &str, version: Option<&str>) -> Result<Served, InferError> {
+    let endpoint = state.routes.endpoint(name)?;
+    let d = match version {
+        Some(v) => endpoint.by_version(v).cloned().ok_or_else(|| {
+            InferError::NotFound(format!(
+                "model {name:?} has no version {v:?} loaded; the served versions are {:?}",
+                endpoint.versions()
+            ))
+        })?,
+        None => Arc::clone(endpoint.primary()),
+    };
+    Ok(Served {
+        model: Arc::clone(&d.model),
+        endpoint,
+    })
 }
 
 fn server_metadata() -> Response<Body> {
@@ -133,7 +164,8 @@ fn ready_status(ready: bool) -> Response<Body> {
     })
 }
 
-fn model_metadata(model: &Model) -> Response<Body> {
+fn model_metadata(name: &str, version: Option<&str>, s: &Served) -> Response<Body> {
+    let model = &s.model;
     let tensors = |list: &[ferroserve_backend_core::TensorSpec]| {
         list.iter()
             .map(|t| json!({ "name": t.name, "datatype": t.dtype.as_str(), "shape": t.shape }))
@@ -142,8 +174,11 @@ fn model_metadata(model: &Model) -> Response<Body> {
     reply::json(
         StatusCode::OK,
         &json!({
-            "name": model.name,
-            "versions": [model.version_label],
+            "name": name,
+            "versions": match version {
+                Some(_) => vec![model.version_label.clone()],
+                None => s.endpoint.versions(),
+            },
             "platform": "onnxruntime_onnx",
             "inputs": tensors(&model.signature.inputs),
             "outputs": tensors(&model.signature.outputs),
@@ -152,7 +187,7 @@ fn model_metadata(model: &Model) -> Response<Body> {
 }
 
 fn metrics(state: &AppState) -> Response<Body> {
-    for m in state.models.all() {
+    for m in state.routes.models() {
         m.metrics.queue_depth.set(m.queue_depth() as i64);
     }
     let mut r = Response::new(Body::new(Bytes::from(state.metrics.render())));
@@ -191,20 +226,30 @@ async fn infer(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
-    let model = match state.models.get(name, version) {
-        Ok(m) => m,
+    let pin = match req.headers().get(DEPLOYMENT_HEADER).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) => Some(v.trim().to_string()),
+        Some(Err(_)) => {
+            return reply::infer_error(&InferError::InvalidInput(format!(
+                "header {DEPLOYMENT_HEADER} must be a deployment name in ASCII"
+            )))
+        }
+    };
+    let routed = match state.routes.route(name, version, pin.as_deref()) {
+        Ok(r) => r,
         Err(e) => return reply::infer_error(&e),
     };
+    let model = Arc::clone(routed.model());
     let m = &model.metrics;
     m.inflight.inc();
     let _guard = InflightGuard(&m.inflight);
-    let result = run_infer(state, &model, req).await;
+    let result = run_infer(state, name, &routed, req).await;
     match &result {
         Ok(_) => m.success.inc(),
         Err(e) => m.failure(e.outcome()),
     }
     m.request_duration.observe(started.elapsed().as_secs_f64());
-    match result {
+    let mut response = match result {
         Ok(r) => r,
         Err(e) => {
             if matches!(e, InferError::Backend(_)) {
@@ -212,14 +257,20 @@ async fn infer(
             }
             reply::infer_error(&e)
         }
+    };
+    if let Ok(v) = HeaderValue::from_str(&routed.deployment.name) {
+        response.headers_mut().insert(DEPLOYMENT_HEADER, v);
     }
+    response
 }
 
 async fn run_infer(
     state: &AppState,
-    model: &Model,
+    endpoint: &str,
+    routed: &Routed,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, InferError> {
+    let model = routed.model();
     let header_len = match req.headers().get(HEADER_LENGTH) {
         None => None,
         Some(v) => Some(
@@ -240,7 +291,7 @@ async fn run_infer(
         &request.outputs,
         request.binary_data_output,
     )?;
-    let output = model.infer(request.inputs, request.timeout).await?;
+    let output = routed.infer(request.inputs, request.timeout).await?;
     let classified = classification::classify_selected(
         model,
         request.outputs.as_deref(),
@@ -248,7 +299,7 @@ async fn run_infer(
         &output.outputs,
     )?;
     let encoded = codec::encode_response(ResponseParts {
-        model_name: &model.name,
+        model_name: endpoint,
         model_version: &model.version_label,
         id: request.id.as_deref(),
         parameters: request.parameters.as_ref(),

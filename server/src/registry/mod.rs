@@ -9,12 +9,15 @@
 //!   crash between its rename and its commit, and the recovery on open.
 //! - [`import`]: first use of a repository folder that has no database yet.
 //! - [`models`]: aliases, list/show/search, delete.
+//! - [`deployments`]: endpoints and deployments, the desired state that
+//!   `serve` reconciles its routing table with.
 //! - [`check`]: `ferroserve repo check`, the folders against the database.
 //! - [`cli`]: the `models` and `repo` subcommands' arguments and output.
 //! - [`hashing`], [`git`], [`fsutil`]: the pieces they share.
 
 pub mod check;
 pub mod cli;
+pub mod deployments;
 pub mod fsutil;
 pub mod git;
 pub mod hashing;

@@ -75,7 +75,10 @@ pub fn check_alias_name(alias: &str) -> Result<(), RegistryError> {
     }
 }
 
-fn db_err(path: &Path, what: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> RegistryError {
+pub(crate) fn db_err(
+    path: &Path,
+    what: impl Into<String>,
+) -> impl FnOnce(rusqlite::Error) -> RegistryError {
     let path = path.to_path_buf();
     let what = what.into();
     move |source| RegistryError::Db { path, what, source }
@@ -570,8 +573,16 @@ pub fn delete(
             ),
         });
     }
-    // Issue 5: a version used by an active deployment must be refused here
-    // too, with or without --force, once the deployments table exists.
+    let deployed = super::deployments::users_of(&tx, &db, &model, version)?;
+    if !deployed.is_empty() {
+        return Err(RegistryError::Conflict {
+            what: format!("version {subject}"),
+            problem: format!(
+                "deployment {} serves it; point the deployment at another version or                  remove it first (--force does not override a deployment)",
+                deployed.join(", ")
+            ),
+        });
+    }
     let files: i64 = tx
         .query_row(
             "SELECT COUNT(*) FROM files f JOIN versions v ON v.id = f.version_id

@@ -18,7 +18,7 @@ use super::RegistryError;
 
 pub const DB_FILE: &str = "registry.db";
 /// The schema this binary writes and reads.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Schema version 1.
 const SCHEMA_V1: &str = r#"
@@ -104,6 +104,34 @@ CREATE TABLE pending_registrations (
 );
 "#;
 
+/// Schema version 4: endpoints and their deployments, the desired state
+/// `serve` reconciles with (see [`super::deployments`]). A deployment
+/// names its model by name, not by foreign key: a model may be deployed
+/// before its first version is registered, and the registry refuses to
+/// delete a version a deployment resolves to.
+const SCHEMA_V4: &str = r#"
+CREATE TABLE endpoints (
+    name              TEXT PRIMARY KEY NOT NULL,
+    mirror_deployment TEXT,
+    mirror_percent    INTEGER NOT NULL DEFAULT 0 CHECK (mirror_percent BETWEEN 0 AND 100),
+    created_at        TEXT NOT NULL,
+    updated_at        TEXT NOT NULL
+);
+CREATE TABLE deployments (
+    endpoint   TEXT NOT NULL REFERENCES endpoints(name) ON DELETE CASCADE,
+    name       TEXT NOT NULL CHECK (name <> '' AND name NOT GLOB '*[^a-z0-9_-]*'),
+    model      TEXT NOT NULL,
+    version    INTEGER CHECK (version > 0),
+    alias      TEXT,
+    weight     INTEGER NOT NULL CHECK (weight BETWEEN 0 AND 100),
+    settings   TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(settings)),
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (endpoint, name),
+    CHECK (version IS NULL OR alias IS NULL)
+);
+CREATE INDEX deployments_by_model ON deployments(model);
+"#;
+
 /// An open registry database.
 pub struct Store {
     conn: Connection,
@@ -177,6 +205,11 @@ impl Store {
         &self.conn
     }
 
+    /// For read transactions (one consistent view of several tables).
+    pub fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
     fn migrate(&mut self, repo: &Path) -> Result<(), RegistryError> {
         let path = self.path.clone();
         // The common case, an up-to-date schema, needs no write lock.
@@ -224,6 +257,10 @@ impl Store {
         if found < 3 {
             tx.execute_batch(SCHEMA_V3)
                 .map_err(err("cannot migrate to schema version 3"))?;
+        }
+        if found < 4 {
+            tx.execute_batch(SCHEMA_V4)
+                .map_err(err("cannot migrate to schema version 4"))?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(err("cannot record schema version"))?;

@@ -1,0 +1,104 @@
+//! Warm-up: a new version answers the bundle's warm-up samples through its
+//! real request path (validation, batcher, backend) before it gets any
+//! traffic, so the first live request does not pay for lazy
+//! initialisation, and a version that cannot answer never goes live.
+
+use bytes::Bytes;
+use ferroserve_backend_core::{DataType, Tensor};
+
+use crate::model::Model;
+
+type Sample = Vec<(String, Tensor)>;
+
+/// The bundle's samples (its `warmup` file: one v2 JSON request or a list
+/// of them), or `None` when it has none.
+fn declared(model: &Model) -> Result<Option<Vec<Sample>>, String> {
+    let Some(path) = &model.manifest.warmup else {
+        return Ok(None);
+    };
+    let what = format!("warm-up samples {}", path.display());
+    let text = std::fs::read(path).map_err(|e| format!("{what}: cannot read: {e}"))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| format!("{what}: not JSON: {e}"))?;
+    let requests = match value {
+        serde_json::Value::Array(list) => list,
+        one @ serde_json::Value::Object(_) => vec![one],
+        other => {
+            return Err(format!(
+                "{what}: expected a v2 inference request or a list of them, got {}",
+                match other {
+                    serde_json::Value::Null => "null",
+                    serde_json::Value::Bool(_) => "a boolean",
+                    serde_json::Value::Number(_) => "a number",
+                    _ => "a string",
+                }
+            ))
+        }
+    };
+    if requests.is_empty() {
+        return Err(format!("{what}: the list is empty"));
+    }
+    requests
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let body = Bytes::from(serde_json::to_vec(&r).expect("JSON re-serializes"));
+            crate::http::decode_request(body, None)
+                .map(|req| req.inputs)
+                .map_err(|e| format!("{what}: request {i}: {e}"))
+        })
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
+/// One row of zeros (empty strings for BYTES) per input, free dims as 1.
+fn zeros(model: &Model) -> Option<Sample> {
+    model
+        .signature
+        .inputs
+        .iter()
+        .map(|spec| {
+            let shape: Vec<i64> = spec.shape.iter().map(|&d| d.max(1)).collect();
+            let count: usize = shape.iter().map(|&d| d as usize).product();
+            let t = match spec.dtype {
+                DataType::Bytes => Tensor::from_strings(shape, &vec![b""; count]).ok()?,
+                dt => Tensor::new(
+                    dt,
+                    shape,
+                    Bytes::from(vec![0u8; count * dt.element_size()?]),
+                )
+                .ok()?,
+            };
+            Some((spec.name.clone(), t))
+        })
+        .collect()
+}
+
+/// Runs the warm-up. Declared samples must all succeed; without any, one
+/// request of zeros is tried and its failure only logged (zeros may be
+/// meaningless input for the model). Returns how many samples ran.
+pub async fn run(model: &Model) -> Result<usize, String> {
+    match declared(model)? {
+        Some(samples) => {
+            let n = samples.len();
+            for (i, sample) in samples.into_iter().enumerate() {
+                model.infer(sample, None).await.map_err(|e| {
+                    format!(
+                        "warm-up sample {i} of {} failed: {e}",
+                        model.manifest.warmup.as_ref().expect("declared").display()
+                    )
+                })?;
+            }
+            Ok(n)
+        }
+        None => {
+            let Some(sample) = zeros(model) else {
+                return Ok(0);
+            };
+            if let Err(e) = model.infer(sample, None).await {
+                tracing::info!(model = %model.name, version = model.version, error = %e, "warm-up with zeros failed (the bundle declares no warm-up samples); going on");
+            }
+            Ok(1)
+        }
+    }
+}
