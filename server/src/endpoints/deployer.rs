@@ -57,9 +57,9 @@ struct Running {
 #[derive(Default)]
 struct State {
     running: HashMap<Key, Running>,
-    /// The last target that failed, per deployment: not retried until the
-    /// desired state names something else.
-    failed: HashMap<Key, LoadKey>,
+    /// The last target that failed, per deployment, and why: not retried
+    /// until the desired state names something else.
+    failed: HashMap<Key, (LoadKey, String)>,
     stats: HashMap<Key, Arc<DeploymentStats>>,
     /// Weights and mirror per endpoint, as last stored.
     traffic: HashMap<String, serde_json::Value>,
@@ -236,9 +236,9 @@ impl Deployer {
                         version: 0,
                         settings: d.settings.clone(),
                     };
-                    if st.failed.get(&key) != Some(&load) {
+                    if st.failed.get(&key).map(|f| &f.0) != Some(&load) {
                         events.push(failed_event(&spec.name, d, None, &why, old.as_ref()));
-                        st.failed.insert(key.clone(), load);
+                        st.failed.insert(key.clone(), (load, why.clone()));
                     }
                     report.failed.insert(label, why);
                     if let Some(old) = old {
@@ -251,9 +251,19 @@ impl Deployer {
                     version,
                     settings: d.settings.clone(),
                 };
+                let known_failure = st
+                    .failed
+                    .get(&key)
+                    .filter(|f| f.0 == load)
+                    .map(|f| f.1.clone());
                 let running = match old {
                     Some(old) if old.load == load => Some(old),
-                    old if st.failed.get(&key) == Some(&load) => old,
+                    old if known_failure.is_some() => {
+                        report
+                            .failed
+                            .insert(label, known_failure.expect("checked"));
+                        old
+                    }
                     old => {
                         let stats = Arc::clone(st.stats.entry(key.clone()).or_default());
                         let started = Instant::now();
@@ -292,7 +302,7 @@ impl Deployer {
                                     &why,
                                     old.as_ref(),
                                 ));
-                                st.failed.insert(key.clone(), load);
+                                st.failed.insert(key.clone(), (load, why.clone()));
                                 report.failed.insert(label, why);
                                 old
                             }
