@@ -553,24 +553,8 @@ impl Bench {
         )
     }
 
-    /// Sends one request and insists on a 2xx: measuring a server that
-    /// answers every request with an error would produce fine-looking,
-    /// meaningless figures.
     fn check(&self, addr: SocketAddr, spec: &RequestSpec) -> Result<ferroserve_loadtest::Answer> {
-        let answer = self.rt.block_on(async {
-            let mut conn = Connection::connect(addr).await?;
-            conn.send(spec).await
-        })?;
-        if !answer.status.is_success() {
-            bail!(
-                "{} {} answered {}: {}",
-                spec.method,
-                spec.path,
-                answer.status,
-                String::from_utf8_lossy(&answer.body)
-            );
-        }
-        Ok(answer)
+        process::check(&self.rt, addr, spec)
     }
 }
 

@@ -739,7 +739,11 @@ class Metrics(dict):
         return m
 
     def get_value(self, name: str, **labels) -> float | None:
-        return self.get((name, tuple(sorted(labels.items()))))
+        """NAME's samples whose labels include LABELS, summed (series also
+        carry endpoint and deployment labels); None if there is none."""
+        want = set(labels.items())
+        found = [v for (n, lbl), v in self.items() if n == name and want <= set(lbl)]
+        return sum(found) if found else None
 
     def value(self, name: str, **labels) -> float:
         """The sample NAME{labels}, 0 if absent (a counter not yet touched)."""
@@ -754,3 +758,148 @@ def scrape(addr) -> Metrics:
     assert resp.status == 200, resp
     assert resp.headers.get("content-type", "").startswith("text/plain"), resp.headers
     return Metrics.parse(resp.body.decode())
+
+
+# --------------------------------------------------------------------------
+# registry CLI, management API and lifecycle events (endpoints and deployments)
+
+
+def cli(*args, timeout: float = 120.0, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs `ferroserve ARGS...`; returns the CompletedProcess (text output).
+    With check, a non-zero exit fails with the command's output."""
+    env = dict(os.environ)
+    env.setdefault("NO_COLOR", "1")
+    p = subprocess.run([str(server_binary()), *map(str, args)], cwd=REPO_ROOT, env=env,
+                       capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert p.returncode == 0, (
+            f"ferroserve {' '.join(map(str, args))} exited with {p.returncode}\n"
+            f"stdout: {p.stdout}\nstderr: {p.stderr}"
+        )
+    return p
+
+
+def register(repo: Path, bundle: Path, name: str, timeout: float = 120.0) -> int:
+    """`ferroserve register BUNDLE --repo REPO --name NAME`; returns the new version."""
+    p = cli("register", bundle, "--repo", repo, "--name", name, timeout=timeout)
+    return int(p.stdout.strip().splitlines()[-1])
+
+
+def admin(addr, method: str, path: str, body=None, timeout: float = 120.0) -> Response:
+    """A management request with a JSON body (none when BODY is None)."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"content-type": "application/json"} if data is not None else {}
+    return request(addr, method, path, data, headers, timeout=timeout)
+
+
+def put_deployment(addr, endpoint: str, deployment: str, spec: dict) -> Response:
+    return admin(addr, "PUT", f"/v2/admin/endpoints/{endpoint}/deployments/{deployment}", spec)
+
+
+def set_traffic(addr, endpoint: str, weights: dict[str, int], mirror="absent") -> Response:
+    """PUT .../traffic; MIRROR left out unless given (None removes it)."""
+    body: dict = {"weights": weights}
+    if mirror != "absent":
+        body["mirror"] = mirror
+    return admin(addr, "PUT", f"/v2/admin/endpoints/{endpoint}/traffic", body)
+
+
+def endpoint_view(addr, endpoint: str) -> dict:
+    r = admin(addr, "GET", f"/v2/admin/endpoints/{endpoint}")
+    assert r.status == 200, (r.status, r.body[:500])
+    return r.json()
+
+
+def live_weights(view: dict) -> dict[str, int]:
+    return {d["name"]: d["weight"] for d in view["deployments"]}
+
+
+class EventStream:
+    """`GET /v2/admin/events` read by a background thread: every CloudEvent
+    (parsed `data:` JSON of each server-sent event) lands in `events`.
+    `wait_for(pred)` blocks until one matches. Close it before stopping the
+    server."""
+
+    def __init__(self, addr, timeout: float = 300.0):
+        self.conn = http.client.HTTPConnection(addr[0], addr[1], timeout=timeout)
+        self.conn.request("GET", "/v2/admin/events", headers={"accept": "text/event-stream"})
+        self.resp = self.conn.getresponse()
+        assert self.resp.status == 200, (self.resp.status, self.resp.read()[:500])
+        ctype = self.resp.getheader("content-type", "")
+        assert ctype.startswith("text/event-stream"), ctype
+        self.events: list[dict] = []
+        self.cond = threading.Condition()
+        self.error: BaseException | None = None
+        self.closed = False
+        self.thread = threading.Thread(target=self._read, name="sse-reader", daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        data: list[str] = []
+        try:
+            while True:
+                raw = self.resp.readline()
+                if not raw:
+                    break
+                line = raw.decode("utf-8").rstrip("\r\n")
+                if line == "":
+                    if data:
+                        doc = json.loads("\n".join(data))
+                        with self.cond:
+                            self.events.append(doc)
+                            self.cond.notify_all()
+                    data = []
+                elif line.startswith("data:"):
+                    data.append(line[5:].lstrip(" "))
+        except BaseException as e:  # noqa: BLE001 - reported by wait_for
+            if not self.closed:
+                self.error = e
+        finally:
+            with self.cond:
+                self.closed = True
+                self.cond.notify_all()
+
+    def snapshot(self) -> list[dict]:
+        with self.cond:
+            return list(self.events)
+
+    def wait_for(self, pred, timeout: float = 30.0, what: str = "event") -> dict:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for e in self.events:
+                    if pred(e):
+                        return e
+                left = deadline - time.monotonic()
+                if self.closed or left <= 0:
+                    types = [(e.get("type"), e.get("subject")) for e in self.events]
+                    raise AssertionError(
+                        f"no {what} within {timeout} s (stream closed={self.closed}, error={self.error!r}); "
+                        f"events seen: {types}"
+                    )
+                self.cond.wait(min(left, 0.5))
+
+    def close(self):
+        import socket
+
+        with self.cond:
+            self.closed = True
+        try:
+            if self.conn.sock is not None:
+                self.conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.conn.close()
+        self.thread.join(5)
+
+
+def audit_log(repo: Path) -> list[tuple[str, str, dict]]:
+    """(action, subject, detail) rows of REPO/registry.db's audit_log, oldest first."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{Path(repo) / 'registry.db'}?mode=ro", uri=True, timeout=30)
+    try:
+        rows = db.execute("SELECT action, subject, detail FROM audit_log ORDER BY id").fetchall()
+    finally:
+        db.close()
+    return [(a, s, json.loads(d) if d else {}) for a, s, d in rows]

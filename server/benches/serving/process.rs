@@ -197,3 +197,27 @@ fn listening_addr(line: &str) -> Option<(Listener, SocketAddr)> {
         Some((listener, addr))
     })
 }
+
+/// Sends one request and insists on a 2xx: measuring a server that
+/// answers every request with an error would produce fine-looking,
+/// meaningless figures.
+pub fn check(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    spec: &ferroserve_loadtest::RequestSpec,
+) -> Result<ferroserve_loadtest::Answer> {
+    let answer = rt.block_on(async {
+        let mut conn = ferroserve_loadtest::Connection::connect(addr).await?;
+        conn.send(spec).await
+    })?;
+    if !answer.status.is_success() {
+        bail!(
+            "{} {} answered {}: {}",
+            spec.method,
+            spec.path,
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        );
+    }
+    Ok(answer)
+}

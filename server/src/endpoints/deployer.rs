@@ -259,9 +259,7 @@ impl Deployer {
                 let running = match old {
                     Some(old) if old.load == load => Some(old),
                     old if known_failure.is_some() => {
-                        report
-                            .failed
-                            .insert(label, known_failure.expect("checked"));
+                        report.failed.insert(label, known_failure.expect("checked"));
                         old
                     }
                     old => {
@@ -319,6 +317,18 @@ impl Deployer {
                 }
             }
             if deps.is_empty() {
+                // Nothing of the new state loads: whatever served this name
+                // keeps serving it (an explicit endpoint replacing an
+                // implicit one, say), rather than the name going away.
+                if let Ok(old) = self.routes.endpoint(&spec.name) {
+                    for d in &old.deployments {
+                        let key = (spec.name.clone(), d.name.clone());
+                        if let Some(r) = st.running.remove(&key) {
+                            next.insert(key, r);
+                        }
+                    }
+                    endpoints.push(old);
+                }
                 continue;
             }
             let traffic = json!({
@@ -340,7 +350,7 @@ impl Deployer {
                 }
             }
             st.traffic.insert(spec.name.clone(), effective);
-            endpoints.push(endpoint);
+            endpoints.push(Arc::new(endpoint));
         }
         // What is no longer desired goes away with this swap.
         for (key, gone) in st.running.drain() {

@@ -224,11 +224,8 @@ impl RoutingTable {
     }
 
     /// Replaces the whole table in one atomic store.
-    pub fn store(&self, endpoints: Vec<Endpoint>) {
-        let map = endpoints
-            .into_iter()
-            .map(|e| (e.name.clone(), Arc::new(e)))
-            .collect();
+    pub fn store(&self, endpoints: Vec<Arc<Endpoint>>) {
+        let map = endpoints.into_iter().map(|e| (e.name.clone(), e)).collect();
         self.inner.store(Arc::new(map));
     }
 
