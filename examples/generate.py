@@ -20,13 +20,24 @@ It also writes a few loose bundles into examples/bundles/NAME/ (not a served
 repository: tests register them as new versions of a served model, see
 build_extra_bundles), each with its own seeded generator so that the models in
 examples/models stay byte-for-byte what they were.
+
+Last come the python-backend bundles (score.py instead of model.onnx; see
+PyBundle): iris (scikit-learn, trained here, stored as model.json) and
+text_stats in examples/models, and faulty, faulty-init and reqs-{a,b,c} in
+examples/bundles. They use no random generator of their own beyond fixed
+seeds, and each script is imported and called in-process before it is done
+with (without writing __pycache__ into the bundle).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
+import os
 import shutil
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -679,18 +690,649 @@ def write_bundle_dir(d: Path, b: Bundle) -> None:
     print(f"wrote {d}")
 
 
+# ---------------------------------------------------------------------------
+# python backend bundles: an entry script (score.py) instead of model.onnx.
+#
+# The server runs score.py in worker processes (`[instances] count`), with
+# AZUREML_MODEL_DIR set to the bundle folder: init() once per process, then
+# run() per call. style = "raw": run(raw_data: str) gets one request body and
+# returns something JSON-serialisable (Azure ML's scoring-script contract);
+# style = "tensor": run(inputs: dict[str, np.ndarray]) gets a whole batch and
+# returns dict[str, np.ndarray] with as many rows. The scripts are plain text
+# in this file, so they are byte-for-byte stable; the generator imports each
+# one it writes and calls it in-process before it is done with it.
+
+IRIS_RANDOM_STATE = 0  # lbfgs does not use it; set so that a solver change stays deterministic
+IRIS_DECIMALS = 6  # model.json keeps coefficients rounded to this many decimals
+
+
+class PyBundle:
+    """A `backend = "python"` bundle: bundle.toml, score.py, sample.json and extra files."""
+
+    def __init__(self, name, description, style, script, batching, instances, tags, sample, inputs=(), outputs=(),
+                 files=None, requirements=None):
+        self.name = name
+        self.description = description
+        self.style = style  # "raw" or "tensor"
+        self.script = script  # score.py's text
+        self.inputs = list(inputs)  # [(name, datatype, shape)], tensor style only
+        self.outputs = list(outputs)
+        self.batching = batching
+        self.instances = instances
+        self.tags = tags
+        self.sample = sample  # sample.json's text
+        self.files = dict(files or {})  # other files: {file name: text}
+        self.requirements = requirements  # (file name, text) or None
+
+
+def py_bundle_toml(b: PyBundle) -> str:
+    lines = [
+        f"name = {toml_value(b.name)}",
+        f"description = {toml_value(b.description)}",
+        'backend = "python"',
+        'model = "score.py"',
+        "",
+        "[python]",
+        f"style = {toml_value(b.style)}",
+    ]
+    if b.requirements is not None:
+        lines.append(f"requirements = {toml_value(b.requirements[0])}")
+    for section, tensors in (("inputs", b.inputs), ("outputs", b.outputs)):
+        for name, datatype, shape in tensors:
+            lines += ["", f"[[{section}]]", f"name = {toml_value(name)}", f"datatype = {toml_value(datatype)}", f"shape = {toml_value(shape)}"]
+    for section, table in (("batching", b.batching), ("instances", b.instances), ("tags", b.tags)):
+        lines += ["", f"[{section}]"]
+        lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def v2_request(inputs: list, sample: dict[str, np.ndarray]) -> str:
+    """An Open Inference Protocol request for FP32 inputs, in sample_json's encoding."""
+    tensors = []
+    for name, datatype, _ in inputs:
+        assert datatype == "FP32", (name, datatype)  # all the python examples need so far
+        arr = sample[name]
+        tensors.append({"name": name, "shape": list(arr.shape), "datatype": datatype,
+                        "data": [float(str(x)) for x in arr.flatten()]})
+    return json.dumps({"inputs": tensors}) + "\n"
+
+
+def decode_v2_request(text: str) -> dict[str, np.ndarray]:
+    return {t["name"]: np.array(t["data"], dtype=DTYPES[t["datatype"]][1]).reshape(t["shape"])
+            for t in json.loads(text)["inputs"]}
+
+
+class LoadedScript:
+    """A bundle's score.py imported in this process, with AZUREML_MODEL_DIR set while it runs.
+
+    The module is imported under a fresh name each time and no bytecode is
+    written, so nothing (no __pycache__) appears in the bundle folder.
+    """
+
+    _count = 0
+
+    def __init__(self, bundle_dir: Path):
+        LoadedScript._count += 1
+        self.dir = bundle_dir
+        spec = importlib.util.spec_from_file_location(f"_ferroserve_score_{LoadedScript._count}", bundle_dir / "score.py")
+        self.module = importlib.util.module_from_spec(spec)
+        with self.env():
+            spec.loader.exec_module(self.module)
+
+    @contextlib.contextmanager
+    def env(self):
+        old_env = os.environ.get("AZUREML_MODEL_DIR")
+        old_bytecode = sys.dont_write_bytecode
+        os.environ["AZUREML_MODEL_DIR"] = str(self.dir)
+        sys.dont_write_bytecode = True
+        try:
+            yield
+        finally:
+            sys.dont_write_bytecode = old_bytecode
+            if old_env is None:
+                del os.environ["AZUREML_MODEL_DIR"]
+            else:
+                os.environ["AZUREML_MODEL_DIR"] = old_env
+
+    def init(self):
+        with self.env():
+            if hasattr(self.module, "init"):
+                self.module.init()
+
+    def run(self, arg):
+        with self.env():
+            return self.module.run(arg)
+
+
+def raises(fn, exc_type, *needles: str) -> str:
+    """Calls fn(); it must raise exc_type with every needle in its message. Returns the message."""
+    try:
+        fn()
+    except exc_type as e:
+        msg = str(e)
+        assert all(n in msg for n in needles), (msg, needles)
+        return msg
+    raise AssertionError(f"expected {exc_type.__name__} containing {needles}")
+
+
+IRIS_SCRIPT = '''\
+"""iris: a scikit-learn LogisticRegression served without scikit-learn.
+
+Raw style (Azure ML scoring-script contract): run() gets one request body,
+{"data": [[sepal length, sepal width, petal length, petal width], ...]} (cm),
+and returns {"predictions": [class index, ...], "labels": [class name, ...],
+"probabilities": [[p(setosa), p(versicolor), p(virginica)], ...]}.
+
+examples/generate.py trained the model with scikit-learn and stored its
+fitted parameters in model.json; the prediction is rebuilt here with numpy:
+softmax(X @ coef.T + intercept), as LogisticRegression.predict_proba does.
+"""
+
+import json
+import math
+import os
+
+import numpy as np
+
+N_FEATURES = 4
+_model = None
+
+
+def init():
+    global _model
+    path = os.path.join(os.environ["AZUREML_MODEL_DIR"], "model.json")
+    with open(path, encoding="utf-8") as f:
+        m = json.load(f)
+    coef = np.array(m["coef"], dtype=np.float64)
+    intercept = np.array(m["intercept"], dtype=np.float64)
+    if coef.shape != (len(m["labels"]), N_FEATURES) or intercept.shape != (len(m["labels"]),):
+        raise RuntimeError(f"{path}: coef {coef.shape} / intercept {intercept.shape} do not match {len(m['labels'])} classes")
+    _model = {"coef": coef, "intercept": intercept, "labels": list(m["labels"])}
+
+
+def _short(value, limit=80):
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _rows(raw_data):
+    if isinstance(raw_data, (bytes, bytearray)):
+        try:
+            raw_data = raw_data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"request body is not UTF-8: {e}") from None
+    if not isinstance(raw_data, str):
+        raise ValueError(f"request body: expected a JSON string, got {type(raw_data).__name__}")
+    try:
+        body = json.loads(raw_data)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"request body is not JSON: {e}") from None
+    if not isinstance(body, dict) or "data" not in body:
+        raise ValueError(f'data: missing; expected {{"data": [[{N_FEATURES} numbers], ...]}}, got {_short(body)}')
+    data = body["data"]
+    if not isinstance(data, list):
+        raise ValueError(f"data: expected a list of rows of {N_FEATURES} numbers, got {_short(data)}")
+    for i, row in enumerate(data):
+        ok = (
+            isinstance(row, list)
+            and len(row) == N_FEATURES
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row)
+        )
+        if not ok:
+            raise ValueError(
+                f"data[{i}]: expected a row of {N_FEATURES} finite numbers "
+                f"(sepal length, sepal width, petal length, petal width), got {_short(row)}"
+            )
+    return np.array(data, dtype=np.float64).reshape(len(data), N_FEATURES)
+
+
+def run(raw_data):
+    if _model is None:
+        init()
+    x = _rows(raw_data)
+    logits = x @ _model["coef"].T + _model["intercept"]
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    p /= p.sum(axis=1, keepdims=True)
+    classes = p.argmax(axis=1)
+    return {
+        "predictions": [int(c) for c in classes],
+        "labels": [_model["labels"][c] for c in classes],
+        "probabilities": [[float(v) for v in row] for row in p],
+    }
+'''
+
+
+def build_iris() -> tuple[PyBundle, callable]:
+    """scikit-learn LogisticRegression on iris; model.json holds coef/intercept/labels."""
+    import sklearn
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    iris = load_iris()  # ships with scikit-learn: no download
+    x, y = iris.data, iris.target
+    # A tight tolerance converges to the optimum itself rather than to wherever
+    # the solver's path stops, so the rounded coefficients do not depend on
+    # floating-point details of the machine that runs the generator.
+    clf = LogisticRegression(max_iter=10000, tol=1e-10, random_state=IRIS_RANDOM_STATE).fit(x, y)
+    assert clf.classes_.tolist() == [0, 1, 2], clf.classes_
+    labels = [str(n) for n in iris.target_names]
+    model = {
+        "format": "ferroserve iris logistic regression v1: p = softmax(x @ coef.T + intercept)",
+        "trained_with": f"scikit-learn {sklearn.__version__} LogisticRegression(max_iter=10000, tol=1e-10) on sklearn.datasets.load_iris",
+        "features": [str(n) for n in iris.feature_names],
+        "labels": labels,
+        "coef": [[round(float(v), IRIS_DECIMALS) for v in row] for row in clf.coef_],
+        "intercept": [round(float(v), IRIS_DECIMALS) for v in clf.intercept_],
+    }
+    sample_rows = x[[0, 50, 100]]  # one flower of each class
+    assert [clf.predict(sample_rows).tolist()] == [[0, 1, 2]]
+    sample = json.dumps({"data": [[float(v) for v in row] for row in sample_rows]}) + "\n"
+
+    def check(d: Path) -> None:
+        s = LoadedScript(d)
+        s.init()
+        out = s.run((d / "sample.json").read_text(encoding="utf-8"))
+        assert out["predictions"] == [0, 1, 2] and out["labels"] == labels, out
+        # every training row: the same class as sklearn's own predict, probabilities within rounding
+        full = s.run(json.dumps({"data": x.tolist()}))
+        assert full["predictions"] == clf.predict(x).tolist(), "score.py disagrees with sklearn's predict"
+        diff = float(np.abs(np.array(full["probabilities"]) - clf.predict_proba(x)).max())
+        assert diff < 1e-4, diff
+        assert json.loads(json.dumps(full)) == full  # JSON-serialisable as is
+        assert s.run(b'{"data": []}') == {"predictions": [], "labels": [], "probabilities": []}
+        raises(lambda: s.run('{"rows": [[1, 2, 3, 4]]}'), ValueError, "data: missing")
+        raises(lambda: s.run('{"data": 5}'), ValueError, "data: expected a list of rows of 4 numbers, got 5")
+        raises(lambda: s.run('{"data": [[1, 2, 3, 4], [1, 2]]}'), ValueError, "data[1]: expected a row of 4", "[1, 2]")
+        raises(lambda: s.run('{"data": [[1, 2, "x", 4]]}'), ValueError, "data[0]")
+        raises(lambda: s.run("not json"), ValueError, "not JSON")
+        acc = float((np.array(full["predictions"]) == y).mean())
+        print(f"iris: score.py matches sklearn predict on all {len(y)} rows (training accuracy {acc:.3f}, max |dp| {diff:.1e})")
+
+    b = PyBundle(
+        "iris",
+        "scikit-learn LogisticRegression on the iris flowers, scored with numpy: {\"data\": [[4 measurements in cm], ...]} -> predictions, labels, probabilities",
+        "raw",
+        IRIS_SCRIPT,
+        dict(max_batch_size=8, max_queue_delay_us=0, max_queue_size=256, timeout_ms=10000),
+        dict(count=2, device="cpu"),
+        {"task": "classification", "framework": "scikit-learn"},
+        sample,
+        files={"model.json": json.dumps(model, indent=2) + "\n"},
+    )
+    return b, check
+
+
+TEXT_STATS_N = 16
+STD_FLOOR = 1e-6
+
+# The numpy core shared by text_stats and the faulty bundles, so that the
+# faulty ones behave exactly like text_stats on ordinary rows.
+TEXT_STATS_CORE = '''\
+N_VALUES = 16
+STD_FLOOR = 1e-6
+
+
+def _values(inputs):
+    if "values" not in inputs:
+        raise ValueError(f"values: missing input (got {sorted(inputs)})")
+    values = np.asarray(inputs["values"])
+    if values.ndim != 2 or values.shape[1] != N_VALUES:
+        raise ValueError(f"values: expected shape [N, {N_VALUES}], got {list(values.shape)}")
+    return values
+
+
+def _stats(values):
+    """Row-wise standardisation and summary, computed in float64, returned as float32."""
+    x = values.astype(np.float64)
+    mean = x.mean(axis=1, keepdims=True)
+    std = x.std(axis=1, keepdims=True)
+    normalized = (x - mean) / np.maximum(std, STD_FLOOR)
+    summary = np.concatenate([mean, std, x.max(axis=1, keepdims=True)], axis=1)
+    return {"normalized": normalized.astype(np.float32), "summary": summary.astype(np.float32)}
+'''
+
+TEXT_STATS_SCRIPT = '''\
+"""text_stats: numpy pre/post-processing as a tensor-style python model.
+
+run() gets a whole batch (rows of several requests stacked on dim 0):
+  values     FP32 [N, 16]
+and returns, row by row,
+  normalized FP32 [N, 16]  (x - mean) / max(std, 1e-6)
+  summary    FP32 [N, 3]   [mean, std, max]   (std: population, ddof 0)
+"""
+
+import numpy as np
+
+''' + TEXT_STATS_CORE + '''
+
+def init():
+    pass  # nothing to load: the constants above are the whole model
+
+
+def run(inputs):
+    return _stats(_values(inputs))
+'''
+
+FAULTY_SCRIPT = '''\
+"""faulty: text_stats (same signature, same outputs) with three triggers, for tests.
+
+A batch in which some row has values[:, 0] equal to
+  777: the worker process exits at once (os._exit(3));
+  888: run() never returns (sleeps forever; the manifest's timeout_ms is 2000);
+  666: run() raises ValueError("row I: values[0] = 666 is the forbidden value"),
+       I being the first such row's index within the batch.
+Checked in that order, so a batch holding 777 exits whatever else it holds.
+Any other batch is computed exactly as text_stats computes it.
+"""
+
+import os
+import time
+
+import numpy as np
+
+''' + TEXT_STATS_CORE + '''
+
+EXIT_VALUE = 777
+HANG_VALUE = 888
+RAISE_VALUE = 666
+
+
+def init():
+    pass
+
+
+def run(inputs):
+    values = _values(inputs)
+    first = values[:, 0]
+    if (first == EXIT_VALUE).any():
+        os._exit(3)
+    if (first == HANG_VALUE).any():
+        while True:
+            time.sleep(3600)
+    if (first == RAISE_VALUE).any():
+        row = int(np.flatnonzero(first == RAISE_VALUE)[0])
+        raise ValueError(f"row {row}: values[0] = {RAISE_VALUE} is the forbidden value")
+    return _stats(values)
+'''
+
+FAULTY_INIT_SCRIPT = '''\
+"""faulty_init: text_stats whose init() always fails, so no worker ever becomes ready."""
+
+import numpy as np
+
+''' + TEXT_STATS_CORE + '''
+
+def init():
+    raise RuntimeError("init failed on purpose: model file missing")
+
+
+def run(inputs):
+    return _stats(_values(inputs))
+'''
+
+TEXT_STATS_IO = (
+    [("values", "FP32", [-1, TEXT_STATS_N])],
+    [("normalized", "FP32", [-1, TEXT_STATS_N]), ("summary", "FP32", [-1, 3])],
+)
+
+
+def text_stats_expected(values: np.ndarray) -> dict[str, np.ndarray]:
+    x = values.astype(np.float64)
+    mean, std = x.mean(axis=1), x.std(axis=1)
+    normalized = (x - mean[:, None]) / np.maximum(std, STD_FLOOR)[:, None]
+    return {"normalized": normalized.astype(np.float32),
+            "summary": np.stack([mean, std, x.max(axis=1)], axis=1).astype(np.float32)}
+
+
+def text_stats_sample() -> dict[str, np.ndarray]:
+    return {"values": np.array([np.arange(1, 17), [0.5] * 8 + [-0.5] * 8], dtype=np.float32)}
+
+
+def check_text_stats_like(s: LoadedScript, d: Path, name: str) -> None:
+    """run() on the sample and on a random batch (with a constant row) equals text_stats_expected."""
+    sample = decode_v2_request((d / "sample.json").read_text(encoding="utf-8"))
+    assert sample["values"].tolist() == text_stats_sample()["values"].tolist()
+    batch = np.round(np.random.default_rng(11).normal(3.0, 2.0, (7, TEXT_STATS_N)), 3).astype(np.float32)
+    batch[3] = 2.5  # std 0: the floor keeps normalized at 0 instead of NaN
+    for x in (sample["values"], batch, batch[:1]):
+        out = s.run({"values": x})
+        want = text_stats_expected(x)
+        assert sorted(out) == ["normalized", "summary"], (name, sorted(out))
+        for k in want:
+            assert out[k].dtype == np.float32 and out[k].shape == want[k].shape, (name, k, out[k].dtype, out[k].shape)
+            assert np.array_equal(out[k], want[k]), (name, k)
+    assert np.array_equal(s.run({"values": batch})["normalized"][3], np.zeros(TEXT_STATS_N, np.float32))
+    raises(lambda: s.run({"values": np.zeros((2, 15), np.float32)}), ValueError, "values: expected shape [N, 16], got [2, 15]")
+    raises(lambda: s.run({"x": np.zeros((2, 16), np.float32)}), ValueError, "values: missing")
+
+
+def build_text_stats() -> tuple[PyBundle, callable]:
+    ins, outs = TEXT_STATS_IO
+    sample = text_stats_sample()
+    want = text_stats_expected(sample["values"])
+    assert want["summary"].tolist() == [[8.5, float(np.float32(np.sqrt(21.25))), 16.0], [0.0, 0.5, 0.5]], want["summary"]
+
+    def check(d: Path) -> None:
+        s = LoadedScript(d)
+        s.init()
+        check_text_stats_like(s, d, "text_stats")
+        print("text_stats: run() equals the numpy reference on the sample and a random batch")
+
+    b = PyBundle(
+        "text_stats",
+        "numpy pre/post-processing (python backend, tensor style): values [-1,16] -> row-standardised values and [mean, std, max] per row",
+        "tensor",
+        TEXT_STATS_SCRIPT,
+        dict(max_batch_size=32, max_queue_delay_us=200, max_queue_size=256, timeout_ms=10000),
+        dict(count=2, device="cpu"),
+        {"task": "preprocessing"},
+        v2_request(ins, sample),
+        inputs=ins,
+        outputs=outs,
+    )
+    return b, check
+
+
+def build_faulty() -> tuple[PyBundle, callable]:
+    ins, outs = TEXT_STATS_IO
+
+    def check(d: Path) -> None:
+        s = LoadedScript(d)
+        s.init()
+        check_text_stats_like(s, d, "faulty")
+        normal = text_stats_sample()["values"]
+        bad = np.concatenate([normal, normal])
+        bad[2, 0] = 666
+        raises(lambda: s.run({"values": bad}), ValueError, "row 2: values[0] = 666 is the forbidden value")
+        raises(lambda: s.run({"values": bad[2:3]}), ValueError, "row 0: values[0] = 666 is the forbidden value")
+        ok = normal.copy()
+        ok[:, 1] = 666  # only column 0 matters
+        s.run({"values": ok})
+
+        # 888: the hang loop is entered (time.sleep stubbed out to break it)
+        class Hung(Exception):
+            pass
+
+        def fake_sleep(seconds):
+            assert seconds >= 60, seconds
+            raise Hung()
+
+        real_time = s.module.time
+        s.module.time = type("FakeTime", (), {"sleep": staticmethod(fake_sleep)})
+        try:
+            hang = normal.copy()
+            hang[1, 0] = 888
+            raises(lambda: s.run({"values": hang}), Hung)
+        finally:
+            s.module.time = real_time
+
+        # 777: the process exits with status 3 (in a child process, of course)
+        code = (
+            "import importlib.util, numpy as np\n"
+            f"spec = importlib.util.spec_from_file_location('score', {str(d / 'score.py')!r})\n"
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); m.init()\n"
+            "x = np.zeros((2, 16), np.float32); x[1, 0] = 777\n"
+            "m.run({'values': x})\n"
+            "raise SystemExit(0)\n"
+        )
+        rc = subprocess.run([sys.executable, "-B", "-c", code], env={"AZUREML_MODEL_DIR": str(d), "PATH": ""},
+                            timeout=60).returncode
+        assert rc == 3, rc
+        print("faulty: text_stats on ordinary rows; values[0] = 666 raises, 777 exits with status 3, 888 hangs")
+
+    b = PyBundle(
+        "faulty",
+        "text_stats that fails on purpose (tests): a row with values[0] = 666 raises ValueError, 777 kills the worker (exit 3), 888 hangs",
+        "tensor",
+        FAULTY_SCRIPT,
+        dict(max_batch_size=8, max_queue_delay_us=0, max_queue_size=256, timeout_ms=2000),
+        dict(count=2, device="cpu"),
+        {"task": "testing", "note": "values[0]: 666 raises, 777 exits the worker, 888 hangs past timeout_ms"},
+        v2_request(ins, text_stats_sample()),
+        inputs=ins,
+        outputs=outs,
+    )
+    return b, check
+
+
+def build_faulty_init() -> tuple[PyBundle, callable]:
+    ins, outs = TEXT_STATS_IO
+
+    def check(d: Path) -> None:
+        s = LoadedScript(d)
+        raises(s.init, RuntimeError, "init failed on purpose: model file missing")
+        check_text_stats_like(s, d, "faulty_init")  # run() itself is text_stats
+        print("faulty_init: init() raises RuntimeError")
+
+    b = PyBundle(
+        "faulty_init",
+        "text_stats whose init() raises RuntimeError in every worker (tests: a version that never loads)",
+        "tensor",
+        FAULTY_INIT_SCRIPT,
+        dict(max_batch_size=8, max_queue_delay_us=0, max_queue_size=256, timeout_ms=2000),
+        dict(count=2, device="cpu"),
+        {"task": "testing", "note": "init() always raises"},
+        v2_request(ins, text_stats_sample()),
+        inputs=ins,
+        outputs=outs,
+    )
+    return b, check
+
+
+SIX_PIN = "six==1.17.0"  # also pinned in requirements-dev.txt, so pip's cache has it after set-up
+
+REQS_SCRIPT = '''\
+"""reqs: reports which interpreter environment runs it (raw style).
+
+Its requirements.txt pins six, so the server installs it into a venv keyed by
+the file's hash; run() ignores the request body and returns
+{"six": six.__version__, "prefix": sys.prefix, "pid": os.getpid()}.
+Bundles whose requirements.txt are byte-identical share one venv (one prefix).
+"""
+
+import os
+import sys
+
+import six
+
+
+def init():
+    pass
+
+
+def run(raw_data):
+    return {"six": six.__version__, "prefix": sys.prefix, "pid": os.getpid()}
+'''
+
+REQS_AB = "# reqs-a and reqs-b: this file is byte-for-byte the same in both bundles (one venv)\n" + SIX_PIN + "\n"
+REQS_C = ("# reqs-c: the same package as reqs-a and reqs-b, but this file differs from theirs\n"
+          "# (this second comment line), so its hash and therefore its venv differ too\n" + SIX_PIN + "\n")
+
+
+def build_reqs(name: str, requirements: str) -> tuple[PyBundle, callable]:
+    def check(d: Path) -> None:
+        import six  # requirements-dev.txt pins it: the bundles' own requirement
+        s = LoadedScript(d)
+        s.init()
+        out = s.run((d / "sample.json").read_text(encoding="utf-8"))
+        assert out == {"six": six.__version__, "prefix": sys.prefix, "pid": os.getpid()}, out
+        assert out["six"] == SIX_PIN.split("==")[1], (out, SIX_PIN)
+        assert json.loads(json.dumps(out)) == out
+
+    b = PyBundle(
+        name,
+        f"raw-style script with a requirements.txt ({SIX_PIN}): returns the six version and the venv (sys.prefix) it runs in",
+        "raw",
+        REQS_SCRIPT,
+        dict(max_batch_size=8, max_queue_delay_us=0, max_queue_size=256, timeout_ms=10000),
+        dict(count=1, device="cpu"),
+        {"task": "testing"},
+        json.dumps({"data": []}) + "\n",
+        requirements=("requirements.txt", requirements),
+    )
+    return b, check
+
+
+def build_python_models() -> list[tuple[PyBundle, callable]]:
+    """examples/models/NAME/1 python bundles, in writing order."""
+    return [build_iris(), build_text_stats()]
+
+
+def build_python_bundles() -> dict[str, tuple[PyBundle, callable]]:
+    """examples/bundles/DIR python bundles, in writing order."""
+    return {
+        "faulty": build_faulty(),
+        "faulty-init": build_faulty_init(),
+        "reqs-a": build_reqs("reqs_a", REQS_AB),
+        "reqs-b": build_reqs("reqs_b", REQS_AB),
+        "reqs-c": build_reqs("reqs_c", REQS_C),
+    }
+
+
+def write_py_bundle_dir(d: Path, b: PyBundle, check) -> None:
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    toml_text = py_bundle_toml(b)
+    parsed = tomllib.loads(toml_text)  # catches quoting mistakes before the server does
+    assert parsed["name"] == b.name and parsed["backend"] == "python" and parsed["python"]["style"] == b.style
+    if b.style == "raw":
+        assert not b.inputs and not b.outputs, b.name  # the server declares raw's BYTES "raw" -> "result"
+    else:
+        assert b.style == "tensor" and len(parsed["inputs"]) == len(b.inputs) >= 1 and len(parsed["outputs"]) == len(b.outputs) >= 1
+        assert all(shape[0] == -1 for _, _, shape in b.inputs + b.outputs), b.name
+    compile(b.script, str(d / "score.py"), "exec")  # a syntax error fails here, not in a worker
+    (d / "bundle.toml").write_text(toml_text, encoding="utf-8")
+    (d / "score.py").write_text(b.script, encoding="utf-8")
+    (d / "sample.json").write_text(b.sample, encoding="utf-8")
+    for file_name, text in b.files.items():
+        (d / file_name).write_text(text, encoding="utf-8")
+    if b.requirements is not None:
+        (d / b.requirements[0]).write_text(b.requirements[1], encoding="utf-8")
+    check(d)
+    stray = sorted(p.name for p in d.iterdir())
+    want = sorted(["bundle.toml", "score.py", "sample.json", *b.files, *([b.requirements[0]] if b.requirements else [])])
+    assert stray == want, (b.name, stray, want)  # e.g. no __pycache__ from the check
+    print(f"wrote {d}")
+
+
 BUNDLES_README = """\
 # Extra bundles (not served by default)
 
-Single bundles, one per folder (`bundle.toml`, `model.onnx`, `sample.json`, ...), outside the
+Single bundles, one per folder (`bundle.toml`, `model.onnx` or `score.py`, `sample.json`, ...), outside the
 served repository `examples/models`. The tests register them as new versions of a model that
-`examples/models` serves; nothing loads them unless a test (or you) registers them.
+`examples/models` serves, or as models of their own (the python ones); nothing loads them unless a test (or you) registers them.
 
 | folder | manifest name | what it is for |
 |---|---|---|
 | `mlp-v2` | `mlp` | version 2 of `mlp`: same signature, settings and `labels.txt`, other weights, so its outputs clearly differ from version 1 for the same input (hot swap) |
 | `flaky` | `flaky` | an MLP with `mlp`'s signature that fails the whole batch at run time (ONNX Runtime Gather out of bounds) when any row has `input[0] > 100`; rows with small values always succeed. Has a `warmup.json` (one request, two rows of 0.1) that succeeds. For rollouts that roll back against a deployment erroring on some inputs |
 | `flaky-badwarmup` | `flaky` | a later version of `flaky`: the same `model.onnx`, but its `warmup.json` request has a row with `input[0] = 1000`, so warm-up fails at inference (failed warm-up) |
+| `faulty` | `faulty` | python backend, tensor style, `text_stats`'s signature (`values` FP32 [-1,16] -> `normalized` [-1,16], `summary` [-1,3]) and results, except for a batch with a row whose `values[0]` is 666 (`run()` raises `ValueError("row I: values[0] = 666 is the forbidden value")`), 777 (the worker process exits with status 3) or 888 (`run()` sleeps forever; `timeout_ms = 2000`). Two workers, batches of up to 8 rows |
+| `faulty-init` | `faulty_init` | the same, but `init()` raises `RuntimeError("init failed on purpose: model file missing")` in every worker, so it never loads |
+| `reqs-a`, `reqs-b` | `reqs_a`, `reqs_b` | python backend, raw style, with byte-identical `requirements.txt` (`six==1.17.0`): `run()` returns `{"six": version, "prefix": sys.prefix, "pid": pid}`, so a test sees that both run in one venv |
+| `reqs-c` | `reqs_c` | the same `score.py` with a `requirements.txt` that differs (one more comment line): its own venv |
 
 Generated by `examples/generate.py` (`--bundles-out DIR` to write them elsewhere); do not edit by hand.
 """
@@ -716,6 +1358,15 @@ def main(argv: list[str]) -> int:
         write_bundle_dir(args.bundles_out / dir_name, b)
     flaky_dir, bad_dir = args.bundles_out / "flaky", args.bundles_out / "flaky-badwarmup"
     assert (flaky_dir / "model.onnx").read_bytes() == (bad_dir / "model.onnx").read_bytes()
+
+    # python backend bundles: no rng, so the ONNX bundles above are unaffected
+    for b, check in build_python_models():
+        write_py_bundle_dir(args.out / b.name / "1", b, check)
+    for dir_name, (b, check) in build_python_bundles().items():
+        write_py_bundle_dir(args.bundles_out / dir_name, b, check)
+    reqs = {n: (args.bundles_out / n / "requirements.txt").read_bytes() for n in ("reqs-a", "reqs-b", "reqs-c")}
+    assert reqs["reqs-a"] == reqs["reqs-b"] != reqs["reqs-c"], "reqs-a/b must share a requirements file, reqs-c must not"
+    assert (args.bundles_out / "reqs-a" / "score.py").read_bytes() == (args.bundles_out / "reqs-c" / "score.py").read_bytes()
     (args.bundles_out / "README.md").write_text(BUNDLES_README, encoding="utf-8")
     return 0
 

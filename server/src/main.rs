@@ -81,6 +81,64 @@ enum Command {
     Rollout(ecli::RolloutArgs),
 }
 
+/// The Python backend's settings (entry-script bundles), for `serve` and
+/// `register` alike.
+#[derive(clap::Args, Clone)]
+#[command(next_help_heading = "Python entry scripts")]
+struct PythonArgs {
+    /// Interpreter for python bundles (and the base of their virtual
+    /// environments). Default: $FERROSERVE_PYTHON, else the project's
+    /// .venv/bin/python when there is one, else python3.
+    #[arg(long, value_name = "PATH")]
+    python: Option<PathBuf>,
+    /// Where the virtual environments of bundles with a requirements.txt
+    /// are built and shared (default: ~/.cache/ferroserve/python-envs).
+    #[arg(long, value_name = "DIR")]
+    python_envs: Option<PathBuf>,
+    /// pip --index-url for building environments.
+    #[arg(long, value_name = "URL")]
+    pip_index_url: Option<String>,
+    /// pip --find-links (repeatable).
+    #[arg(long, value_name = "PATH_OR_URL")]
+    pip_find_links: Vec<String>,
+    /// pip --no-index: install only from --pip-find-links and pip's cache.
+    #[arg(long)]
+    pip_offline: bool,
+    /// Seconds a worker's import and init() may take.
+    #[arg(long, default_value_t = 300)]
+    python_init_timeout_s: u64,
+}
+
+impl PythonArgs {
+    fn configure(&self) -> Result<()> {
+        let mut c = ferroserve_backend_python::PythonConfig::default();
+        c.python = match (&self.python, std::env::var_os("FERROSERVE_PYTHON")) {
+            (Some(p), _) => p.clone(),
+            (None, Some(p)) => PathBuf::from(p),
+            (None, None) => {
+                let exe = std::env::current_exe().ok();
+                runtime::search_roots(exe.as_deref())
+                    .into_iter()
+                    .map(|r| r.join(".venv/bin/python"))
+                    .find(|p| p.is_file())
+                    .unwrap_or(c.python)
+            }
+        };
+        if let Some(r) = &self.python_envs {
+            c.envs_root = r.clone();
+        }
+        c.pip = ferroserve_backend_python::PipOptions {
+            index_url: self.pip_index_url.clone(),
+            find_links: self.pip_find_links.clone(),
+            offline: self.pip_offline,
+        };
+        c.init_timeout = Duration::from_secs(self.python_init_timeout_s);
+        let harness = ferroserve_backend_python::configure(c.clone())?;
+        tracing::debug!(python = %c.python.display(), envs = %c.envs_root.display(), harness = %harness.display(), "Python backend configured");
+        Ok(())
+    }
+}
+
 #[derive(clap::Args)]
 struct RegisterArgs {
     /// The bundle folder (holding bundle.toml).
@@ -103,6 +161,8 @@ struct RegisterArgs {
     /// Who registers it (default: $USER, else $LOGNAME, else "unknown").
     #[arg(long)]
     user: Option<String>,
+    #[command(flatten)]
+    python: PythonArgs,
 }
 
 #[derive(clap::Args)]
@@ -221,6 +281,8 @@ struct ServeArgs {
     /// Seconds between keep-alive comments on /v2/admin/events.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Events")]
     events_keepalive_s: u64,
+    #[command(flatten)]
+    python: PythonArgs,
 }
 
 fn main() -> Result<()> {
@@ -257,6 +319,7 @@ fn main() -> Result<()> {
 }
 
 fn register(args: RegisterArgs) -> Result<()> {
+    args.python.configure()?;
     let done = registry::register(&registry::RegisterRequest {
         source: args.dir,
         repo: args.repo,
@@ -298,6 +361,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     warn_if_few_file_descriptors(args.max_connections);
     let lib = runtime::init_onnxruntime()?;
     tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
+    args.python.configure()?;
     // A repository folder without a registry gets one on first use, with a
     // row for every version already there. Serving reads the folders either
     // way, so a registry that cannot be written (a read-only mount) is

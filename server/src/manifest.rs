@@ -65,6 +65,26 @@ struct RawManifest {
     instances: Instances,
     #[serde(default)]
     tags: BTreeMap<String, String>,
+    #[serde(default)]
+    python: Option<RawPython>,
+}
+
+/// `[python]`, for `backend = "python"` bundles.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPython {
+    style: String,
+    #[serde(default)]
+    requirements: Option<String>,
+}
+
+/// How a `python` bundle's entry script is called (see
+/// `ferroserve_backend_python`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PythonSettings {
+    pub style: ferroserve_backend_python::Style,
+    /// The requirements file, if the bundle has one.
+    pub requirements: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,6 +165,8 @@ pub struct Manifest {
     pub model_path: PathBuf,
     /// The warm-up samples file, if the bundle has one.
     pub warmup: Option<PathBuf>,
+    /// `backend = "python"` only.
+    pub python: Option<PythonSettings>,
     pub declared: Signature,
     pub batching: Batching,
     pub instances: Instances,
@@ -190,11 +212,11 @@ impl Manifest {
                 ),
             ));
         }
-        if raw.backend != BackendKind::Onnx {
+        if raw.backend == BackendKind::Opencl {
             return Err(err(
                 "backend".into(),
                 format!(
-                    "backend {:?} is not available in this build; expected \"onnx\"",
+                    "backend {:?} is not available in this build; expected \"onnx\" or \"python\"",
                     raw.backend.to_string()
                 ),
             ));
@@ -323,6 +345,72 @@ impl Manifest {
                 "expected at least 1, got 0".into(),
             ));
         }
+        let python = match (&raw.backend, &raw.python) {
+            (BackendKind::Python, None) => {
+                return Err(err(
+                    "python".into(),
+                    "a python bundle needs a [python] section with style = \"raw\" or \"tensor\""
+                        .into(),
+                ))
+            }
+            (BackendKind::Python, Some(p)) => {
+                let style = match p.style.as_str() {
+                    "raw" => ferroserve_backend_python::Style::Raw,
+                    "tensor" => ferroserve_backend_python::Style::Tensor,
+                    other => {
+                        return Err(err(
+                            "python.style".into(),
+                            format!("expected \"raw\" or \"tensor\", got {other:?}"),
+                        ))
+                    }
+                };
+                let declared_any = !declared.inputs.is_empty() || !declared.outputs.is_empty();
+                match style {
+                    ferroserve_backend_python::Style::Raw if declared_any => {
+                        return Err(err(
+                            "inputs".into(),
+                            "a raw-style script takes the request body as is: declare no [[inputs]] or [[outputs]] (it is served with a BYTES input \"raw\" and a BYTES output \"result\")".into(),
+                        ))
+                    }
+                    ferroserve_backend_python::Style::Tensor
+                        if declared.inputs.is_empty() || declared.outputs.is_empty() =>
+                    {
+                        return Err(err(
+                            "inputs".into(),
+                            "a tensor-style script needs its [[inputs]] and [[outputs]] declared (name, datatype, shape)".into(),
+                        ))
+                    }
+                    _ => {}
+                }
+                let requirements = match &p.requirements {
+                    None => None,
+                    Some(r) => {
+                        let path = dir.join(r);
+                        if !path.is_file() {
+                            return Err(err(
+                                "python.requirements".into(),
+                                format!("requirements file {r:?} not found at {}", path.display()),
+                            ));
+                        }
+                        Some(path)
+                    }
+                };
+                Some(PythonSettings {
+                    style,
+                    requirements,
+                })
+            }
+            (_, Some(_)) => {
+                return Err(err(
+                    "python".into(),
+                    format!(
+                    "[python] only applies to backend = \"python\", this bundle's backend is {:?}",
+                    raw.backend.to_string()
+                ),
+                ))
+            }
+            (_, None) => None,
+        };
         if raw.instances.device != "cpu" {
             return Err(err(
                 "instances.device".into(),
@@ -340,6 +428,7 @@ impl Manifest {
             backend: raw.backend,
             model_path,
             warmup,
+            python,
             declared,
             batching: raw.batching,
             instances: raw.instances,

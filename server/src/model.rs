@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use ferroserve_backend_core::{Backend, Signature, Tensor};
 use ferroserve_backend_ort::{OrtBackend, OrtOptions};
+use ferroserve_backend_python::{LoadSpec as PyLoadSpec, PoolStatus, Style as PyStyle};
+use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use crate::infer::{InferError, InferOutput};
@@ -35,6 +37,8 @@ pub struct Model {
     pub signature: Signature,
     pub metrics: ModelMetrics,
     scheduler: Scheduler,
+    /// Python bundles: whether their workers' `init()` succeeded.
+    python_status: Option<Arc<PoolStatus>>,
 }
 
 impl Model {
@@ -63,18 +67,52 @@ impl Model {
             n => n,
         };
         let mut backends: Vec<Box<dyn Backend>> = Vec::with_capacity(manifest.instances.count);
-        for _ in 0..manifest.instances.count {
-            let backend = match manifest.backend {
-                BackendKind::Onnx => OrtBackend::load(
-                    &manifest.model_path,
-                    &OrtOptions {
-                        intra_op_threads: threads,
-                        inter_op_threads: 0,
-                    },
-                ),
-                other => unreachable!("manifest validation refuses backend {other}"),
-            }?;
-            backends.push(Box::new(backend));
+        let mut python_status = None;
+        match manifest.backend {
+            BackendKind::Onnx => {
+                for _ in 0..manifest.instances.count {
+                    backends.push(Box::new(OrtBackend::load(
+                        &manifest.model_path,
+                        &OrtOptions {
+                            intra_op_threads: threads,
+                            inter_op_threads: 0,
+                        },
+                    )?));
+                }
+            }
+            BackendKind::Python => {
+                let settings = manifest
+                    .python
+                    .as_ref()
+                    .expect("manifest validation requires [python] for python bundles");
+                let signature = match settings.style {
+                    PyStyle::Raw => ferroserve_backend_python::raw_signature(
+                        manifest.batching.max_batch_size > 0,
+                    ),
+                    PyStyle::Tensor => manifest.declared.clone(),
+                };
+                // Workers run in the bundle folder: paths must not depend
+                // on the server's current directory.
+                let absolute = |p: &std::path::Path| {
+                    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+                };
+                let (workers, status) = ferroserve_backend_python::load(&PyLoadSpec {
+                    script: absolute(&manifest.model_path),
+                    bundle_dir: absolute(&manifest.dir),
+                    style: settings.style,
+                    requirements: settings.requirements.clone(),
+                    label: format!("{}:{version}", manifest.name),
+                    instances: manifest.instances.count,
+                    signature,
+                    run_timeout: manifest.batching.timeout(),
+                })
+                .map_err(|e| {
+                    LoadError::Backend(ferroserve_backend_core::BackendError::Load(e.to_string()))
+                })?;
+                backends.extend(workers.into_iter().map(|w| Box::new(w) as Box<dyn Backend>));
+                python_status = Some(status);
+            }
+            other => unreachable!("manifest validation refuses backend {other}"),
         }
         let signature = manifest.reconcile(backends[0].signature())?;
         let version_label = version.to_string();
@@ -104,6 +142,7 @@ impl Model {
             manifest,
             metrics: model_metrics,
             scheduler,
+            python_status,
         })
     }
 
@@ -114,6 +153,12 @@ impl Model {
         named: Vec<(String, Tensor)>,
         timeout: Option<Duration>,
     ) -> Result<(oneshot::Receiver<Result<InferOutput, InferError>>, Instant), InferError> {
+        if let Some(why) = self.not_ready() {
+            return Err(InferError::Unavailable(format!(
+                "model {:?} version {} is not ready: {why}",
+                self.name, self.version
+            )));
+        }
         let (inputs, rows) = validate::inputs(
             &self.signature,
             self.manifest.batching.max_batch_size,
@@ -183,6 +228,12 @@ impl Model {
 
     pub fn queue_depth(&self) -> usize {
         self.scheduler.queue_depth()
+    }
+
+    /// Why the model cannot answer (a Python script whose `init()`
+    /// failed, with its traceback); `None` when it can.
+    pub fn not_ready(&self) -> Option<String> {
+        self.python_status.as_ref().and_then(|s| s.failure())
     }
 
     /// Whether `v` (from a URL) names this model's version.

@@ -33,6 +33,8 @@ GENERATE = REPO_ROOT / "examples" / "generate.py"
 # so a new bundle cannot be left out silently). New ones go at the end: the
 # tests derive seeds from the position.
 MODELS = ("mlp", "multi_io", "conv", "strings", "dtypes", "seq_sum")
+# Entry-script bundles (backend = "python"), covered by test_python_backend.py.
+PYTHON_MODELS = ("iris", "text_stats")
 
 READY_RE = re.compile(r"HTTP server listening on (\S+):(\d+)")
 GRPC_READY_RE = re.compile(r"gRPC server listening on (\S+):(\d+)")
@@ -62,7 +64,9 @@ def server_binary() -> Path:
 
 
 def examples_complete() -> bool:
-    return all((EXAMPLES / m / "1" / f).is_file() for m in MODELS for f in ("model.onnx", "bundle.toml", "sample.json"))
+    onnx = all((EXAMPLES / m / "1" / f).is_file() for m in MODELS for f in ("model.onnx", "bundle.toml", "sample.json"))
+    python = all((EXAMPLES / m / "1" / f).is_file() for m in PYTHON_MODELS for f in ("score.py", "bundle.toml", "sample.json"))
+    return onnx and python
 
 
 def ensure_examples() -> Path:

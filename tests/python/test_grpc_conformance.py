@@ -30,7 +30,9 @@ TYPED_MODELS = [m for m in MODELS if all(s.datatype in ferro.TYPED_FIELDS for s 
 
 def test_every_example_bundle_is_covered():
     on_disk = sorted(p.parent.parent.name for p in ferro.EXAMPLES.glob("*/1/bundle.toml"))
-    assert sorted(MODELS) == on_disk, "ferro.MODELS must list every bundle in examples/models"
+    assert sorted(MODELS + ferro.PYTHON_MODELS) == on_disk, (
+        "ferro.MODELS (ONNX) and ferro.PYTHON_MODELS must list every bundle in examples/models"
+    )
     assert "dtypes" not in TYPED_MODELS and len(TYPED_MODELS) == len(MODELS) - 1, TYPED_MODELS
 
 

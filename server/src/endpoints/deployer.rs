@@ -265,7 +265,10 @@ impl Deployer {
                     old => {
                         let stats = Arc::clone(st.stats.entry(key.clone()).or_default());
                         let started = Instant::now();
-                        match self.load(&spec.name, d, version, stats).await {
+                        match self
+                            .load(&spec.name, d, version, stats, old.is_some())
+                            .await
+                        {
                             Ok(deployment) => {
                                 st.failed.remove(&key);
                                 report.loaded.insert(label, version);
@@ -381,6 +384,7 @@ impl Deployer {
         d: &DeploymentSpec,
         version: u64,
         stats: Arc<DeploymentStats>,
+        replacing: bool,
     ) -> Result<Arc<Deployment>, String> {
         let dir = self.repo.join(&d.model).join(version.to_string());
         let metrics = Arc::clone(&self.metrics);
@@ -406,7 +410,18 @@ impl Deployer {
         })
         .await
         .map_err(|e| format!("loader panicked: {e}"))??;
-        warmup::run(&model).await?;
+        match model.not_ready() {
+            // A version that cannot answer never replaces one that can.
+            Some(why) if replacing => return Err(format!("the new version is not ready: {why}")),
+            // Nothing served this deployment before: it goes live not
+            // ready, so its status (and the traceback) can be seen.
+            Some(why) => {
+                tracing::error!(endpoint, deployment = %d.name, model = %d.model, version, "deployed but not ready: {why}");
+            }
+            None => {
+                warmup::run(&model).await?;
+            }
+        }
         tracing::info!(
             endpoint,
             deployment = %d.name,

@@ -78,6 +78,9 @@ fn zeros(model: &Model) -> Option<Sample> {
 /// request of zeros is tried and its failure only logged (zeros may be
 /// meaningless input for the model). Returns how many samples ran.
 pub async fn run(model: &Model) -> Result<usize, String> {
+    if let Some(why) = model.not_ready() {
+        return Err(format!("the model is not ready: {why}"));
+    }
     match declared(model)? {
         Some(samples) => {
             let n = samples.len();

@@ -203,9 +203,10 @@ impl GrpcInferenceService for Grpc {
         // An unknown model or version is simply not ready, as Triton answers;
         // clients ask this to poll for a model that is still loading.
         let r = req.into_inner();
-        let known = crate::http::served(&self.state, &r.name, non_empty(&r.version)).is_ok();
+        let ready = crate::http::served(&self.state, &r.name, non_empty(&r.version))
+            .is_ok_and(|s| s.model.not_ready().is_none());
         Ok(Response::new(ModelReadyResponse {
-            ready: known && self.state.is_ready(),
+            ready: ready && self.state.is_ready(),
         }))
     }
 

@@ -101,6 +101,10 @@ fn describe(state: &AppState, name: &str, desired: Option<&EndpointSpec>) -> ser
                         "weight": w,
                         "requests_ok": s.ok,
                         "requests_failed": s.errors,
+                        "status": match d.model.not_ready() {
+                            None => "ready".to_string(),
+                            Some(why) => format!("not ready: {why}"),
+                        },
                     })
                 })
                 .collect()

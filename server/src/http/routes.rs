@@ -74,11 +74,18 @@ pub async fn handle(
                 ("", &Method::GET) => with_model(&state, name, version, |m| {
                     model_metadata(name, version, &m)
                 }),
-                ("ready", &Method::GET) => {
-                    with_model(&state, name, version, |_| ready_status(state.is_ready()))
-                }
+                ("ready", &Method::GET) => with_model(&state, name, version, |s| {
+                    match s.model.not_ready() {
+                        Some(why) => reply::error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &format!("model {name:?} is not ready: {why}"),
+                        ),
+                        None => ready_status(state.is_ready()),
+                    }
+                }),
                 ("infer", &Method::POST) => infer(&state, name, version, req).await,
-                ("" | "ready" | "infer", _) => method_not_allowed(&method, &path),
+                ("score", &Method::POST) => score(&state, name, version, req).await,
+                ("" | "ready" | "infer" | "score", _) => method_not_allowed(&method, &path),
                 _ => not_found(&path),
             },
             None => not_found(&path),
@@ -323,6 +330,81 @@ async fn run_infer(
         }
     }
     Ok(r)
+}
+
+/// `POST /v2/models/{m}/score`: Azure ML's scoring call for raw-style
+/// entry scripts. The body goes to `run(raw_data)` as it is; the answer is
+/// what `run()` returned, as JSON.
+async fn score(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let pin = req
+        .headers()
+        .get(DEPLOYMENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string());
+    let routed = match state.routes.route(name, version, pin.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return reply::infer_error(&e),
+    };
+    let model = Arc::clone(routed.model());
+    let raw_style = model
+        .manifest
+        .python
+        .as_ref()
+        .is_some_and(|p| p.style == ferroserve_backend_python::Style::Raw);
+    if !raw_style {
+        return reply::error(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "model {name:?} is not a raw-style entry script ([python] style = \"raw\"); \
+                 send v2 inference requests to /v2/models/{name}/infer"
+            ),
+        );
+    }
+    let m = &model.metrics;
+    m.inflight.inc();
+    let _guard = InflightGuard(&m.inflight);
+    let result = async {
+        let body = read_body(state, req, None).await?;
+        let raw = ferroserve_backend_core::Tensor::from_strings(vec![1], &[&body[..]])
+            .map_err(|e| InferError::InvalidInput(e.to_string()))?;
+        let output = routed.infer(vec![("raw".to_string(), raw)], None).await?;
+        let answer = output
+            .outputs
+            .first()
+            .and_then(|t| {
+                t.string_elements()
+                    .first()
+                    .map(|b| Bytes::copy_from_slice(b))
+            })
+            .ok_or_else(|| InferError::Backend("the script returned no answer".into()))?;
+        Ok::<Bytes, InferError>(answer)
+    }
+    .await;
+    model.record(&result, started);
+    let mut response = match result {
+        Ok(json) => {
+            let mut r = Response::new(Body::new(json));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        Err(e) => {
+            if matches!(e, InferError::Backend(_)) {
+                tracing::warn!(model = %model.name, error = %e, "scoring failed");
+            }
+            reply::infer_error(&e)
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&routed.deployment.name) {
+        response.headers_mut().insert(DEPLOYMENT_HEADER, v);
+    }
+    response
 }
 
 /// Reads the whole body, within the size limit and the body read timeout.

@@ -114,6 +114,12 @@ pub fn register(req: &RegisterRequest) -> Result<Registered, RegistryError> {
                 source,
             }
         })?;
+        if let Some(why) = model.not_ready() {
+            return Err(RegistryError::Invalid {
+                what: format!("bundle {}", manifest.dir.display()),
+                problem: format!("its entry script does not start: {why}"),
+            });
+        }
         drop(model);
     }
     let git = if req.record_git {
