@@ -133,6 +133,13 @@ impl PythonArgs {
             offline: self.pip_offline,
         };
         c.init_timeout = Duration::from_secs(self.python_init_timeout_s);
+        // Workers start in their bundle's folder: a relative path given
+        // here means relative to where the command was run. A bare name
+        // (`python3`) is left for PATH lookup.
+        if c.python.components().count() > 1 {
+            c.python = std::path::absolute(&c.python)?;
+        }
+        c.envs_root = std::path::absolute(&c.envs_root)?;
         let harness = ferroserve_backend_python::configure(c.clone())?;
         tracing::debug!(python = %c.python.display(), envs = %c.envs_root.display(), harness = %harness.display(), "Python backend configured");
         Ok(())

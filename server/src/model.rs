@@ -230,6 +230,15 @@ impl Model {
         self.scheduler.queue_depth()
     }
 
+    /// The model's platform as Triton names it in model metadata.
+    pub fn platform(&self) -> &'static str {
+        match self.manifest.backend {
+            BackendKind::Onnx => "onnxruntime_onnx",
+            BackendKind::Python => "python",
+            BackendKind::Opencl => "opencl",
+        }
+    }
+
     /// Why the model cannot answer (a Python script whose `init()`
     /// failed, with its traceback); `None` when it can.
     pub fn not_ready(&self) -> Option<String> {

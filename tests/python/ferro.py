@@ -907,3 +907,68 @@ def audit_log(repo: Path) -> list[tuple[str, str, dict]]:
     finally:
         db.close()
     return [(a, s, json.loads(d) if d else {}) for a, s, d in rows]
+
+
+# --------------------------------------------------------------------------
+# python entry-script bundles (test_python_backend.py)
+
+BUNDLES = REPO_ROOT / "examples" / "bundles"
+
+
+def python_interpreter() -> Path:
+    """The interpreter the python bundles are served with in the tests: the
+    project's .venv (absolute, so it does not depend on any working folder)."""
+    return REPO_ROOT / ".venv" / "bin" / "python"
+
+
+_SCRIPT_COUNTER = iter(range(1_000_000))
+
+
+def load_entry_script(bundle_dir: Path, script: str = "score.py"):
+    """Imports BUNDLE_DIR/SCRIPT in-process as a fresh module and calls its
+    init() with AZUREML_MODEL_DIR (and FERROSERVE_MODEL_DIR) set to the
+    bundle folder, as a worker does; the environment is restored after.
+    Returns the module: call its run() for the expected answers."""
+    import importlib.util
+
+    bundle_dir = Path(bundle_dir).resolve()
+    name = f"_ferro_entry_script_{next(_SCRIPT_COUNTER)}"
+    spec = importlib.util.spec_from_file_location(name, bundle_dir / script)
+    module = importlib.util.module_from_spec(spec)
+    saved = {k: os.environ.get(k) for k in ("AZUREML_MODEL_DIR", "FERROSERVE_MODEL_DIR")}
+    os.environ["AZUREML_MODEL_DIR"] = os.environ["FERROSERVE_MODEL_DIR"] = str(bundle_dir)
+    no_bytecode = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True  # no __pycache__ inside the bundle folders
+    try:
+        spec.loader.exec_module(module)
+        if callable(getattr(module, "init", None)):
+            module.init()
+    finally:
+        sys.dont_write_bytecode = no_bytecode
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return module
+
+
+def encode_tensors(tensors: list[tuple[str, str, np.ndarray]], outputs: list[str], binary: bool,
+                   request_id: str = "") -> tuple[bytes, dict[str, str]]:
+    """An inference body (and headers) as tritonclient.http would send it,
+    for inputs given as (name, datatype, array): no model.onnx needed."""
+    import tritonclient.http as httpclient
+
+    infer_inputs = []
+    for name, datatype, arr in tensors:
+        i = httpclient.InferInput(name, list(arr.shape), datatype)
+        i.set_data_from_numpy(arr, binary_data=binary)
+        infer_inputs.append(i)
+    requested = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in outputs]
+    body, header_len = httpclient.InferenceServerClient.generate_request_body(
+        infer_inputs, outputs=requested, request_id=request_id
+    )
+    headers = {"Content-Type": "application/octet-stream" if header_len else "application/json"}
+    if header_len:
+        headers["Inference-Header-Content-Length"] = str(header_len)
+    return body, headers

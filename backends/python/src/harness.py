@@ -35,6 +35,7 @@ sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
 sys.stdin = open(os.devnull)
 
 _np = None
+_DTYPE_NAMES = None  # numpy dtype -> protocol name, once numpy is loaded
 
 _DTYPES = {
     "BOOL": "?", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
@@ -44,25 +45,29 @@ _DTYPES = {
 
 
 def _numpy():
-    global _np
+    global _np, _DTYPE_NAMES
     if _np is None:
         import numpy
         _np = numpy
+        _DTYPE_NAMES = {numpy.dtype(v): k for k, v in _DTYPES.items()}
     return _np
 
 
 def _read_exact(n):
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = _proto_in.read(n - len(buf))
-        if not chunk:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = _proto_in.readinto(view[got:])
+        if not k:
             sys.exit(0)  # the server closed the pipe: it is done with us
-        buf += chunk
-    return bytes(buf)
+        got += k
+    return buf
 
 
 def _send(kind, body=b""):
-    _proto_out.write(struct.pack("<IB", len(body) + 1, kind) + body)
+    _proto_out.write(struct.pack("<IB", len(body) + 1, kind))
+    _proto_out.write(body)
 
 
 def _str(s):
@@ -76,6 +81,7 @@ class _Reader:
         self.pos = 0
 
     def take(self, n):
+        # A view: tensor data is not copied out of the frame.
         b = self.data[self.pos:self.pos + n]
         self.pos += n
         return b
@@ -84,20 +90,20 @@ class _Reader:
         return struct.unpack("<I", self.take(4))[0]
 
     def str(self):
-        return self.take(self.u32()).decode("utf-8")
+        return bytes(self.take(self.u32())).decode("utf-8")
 
 
 def _split_bytes(raw, count):
     out, pos = [], 0
     for _ in range(count):
         (n,) = struct.unpack_from("<I", raw, pos)
-        out.append(raw[pos + 4:pos + 4 + n])
+        out.append(bytes(raw[pos + 4:pos + 4 + n]))
         pos += 4 + n
     return out
 
 
 def _decode_tensors(body):
-    r = _Reader(body)
+    r = _Reader(memoryview(body))
     tensors = {}
     for _ in range(r.u32()):
         name, dtype = r.str(), r.str()
@@ -134,13 +140,13 @@ def _from_array(name, value):
             flat.append(struct.pack("<I", len(x)) + bytes(x))
         dtype, raw = "BYTES", b"".join(flat)
     else:
-        dtype = {np.dtype(v): k for k, v in _DTYPES.items()}.get(arr.dtype)
+        dtype = _DTYPE_NAMES.get(arr.dtype)
         if dtype is None:
             raise TypeError("output %r has numpy dtype %s, which the v2 protocol cannot carry" % (name, arr.dtype))
-        raw = np.ascontiguousarray(arr, dtype=_DTYPES[dtype]).tobytes()
-    body = _str(name) + _str(dtype) + struct.pack("<I", arr.ndim)
-    body += struct.pack("<%dq" % arr.ndim, *arr.shape)
-    return body + struct.pack("<Q", len(raw)) + raw
+        raw = np.ascontiguousarray(arr, dtype=_DTYPES[dtype]).data
+    nbytes = raw.nbytes if isinstance(raw, memoryview) else len(raw)
+    head = _str(name) + _str(dtype) + struct.pack("<I%dqQ" % arr.ndim, arr.ndim, *arr.shape, nbytes)
+    return head, raw
 
 
 def _error_body(exc):
@@ -170,8 +176,10 @@ def _run_tensor(run, tensors):
     outputs = run(inputs)
     if not isinstance(outputs, dict):
         raise TypeError("run() must return a dict of output name -> numpy array, got %s" % type(outputs).__name__)
-    parts = [_from_array(str(k), v) for k, v in outputs.items()]
-    return struct.pack("<I", len(parts)) + b"".join(parts)
+    parts = [struct.pack("<I", len(outputs))]
+    for k, v in outputs.items():
+        parts.extend(_from_array(str(k), v))
+    return b"".join(parts)
 
 
 def main():
@@ -203,7 +211,7 @@ def main():
         if frame[0] != RUN:
             continue
         try:
-            body = handler(run, _decode_tensors(frame[1:]))
+            body = handler(run, _decode_tensors(memoryview(frame)[1:]))
         except Exception as exc:  # noqa: BLE001 - the request fails, the worker goes on
             _send(RUN_ERROR, _error_body(exc))
             continue

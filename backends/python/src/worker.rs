@@ -231,7 +231,12 @@ impl Worker {
             self.restart()?;
         }
         let p = self.process.as_mut().expect("started above");
-        if let Err(e) = protocol::write_run(&mut p.stdin, tensors) {
+        // One write for small frames: headers and data together.
+        let written = {
+            let mut w = std::io::BufWriter::with_capacity(64 << 10, &mut p.stdin);
+            protocol::write_run(&mut w, tensors)
+        };
+        if let Err(e) = written {
             let status = describe(p.exit_status());
             let lost = format!("the worker exited ({status}) before taking the batch: {e}");
             self.lose(&lost);

@@ -422,15 +422,17 @@ impl Deployer {
                 warmup::run(&model).await?;
             }
         }
-        tracing::info!(
-            endpoint,
-            deployment = %d.name,
-            model = %model.name,
-            version,
-            instances = model.manifest.instances.count,
-            max_batch_size = model.manifest.batching.max_batch_size,
-            "deployment loaded and warmed up"
-        );
+        if model.not_ready().is_none() {
+            tracing::info!(
+                endpoint,
+                deployment = %d.name,
+                model = %model.name,
+                version,
+                instances = model.manifest.instances.count,
+                max_batch_size = model.manifest.batching.max_batch_size,
+                "deployment loaded and warmed up"
+            );
+        }
         Ok(Arc::new(Deployment {
             endpoint: endpoint.to_string(),
             name: d.name.clone(),

@@ -52,7 +52,17 @@ fn declared(model: &Model) -> Result<Option<Vec<Sample>>, String> {
 }
 
 /// One row of zeros (empty strings for BYTES) per input, free dims as 1.
+/// None for a raw-style entry script: an empty request body is not
+/// something its `run()` can be expected to accept.
 fn zeros(model: &Model) -> Option<Sample> {
+    if model
+        .manifest
+        .python
+        .as_ref()
+        .is_some_and(|p| p.style == ferroserve_backend_python::Style::Raw)
+    {
+        return None;
+    }
     model
         .signature
         .inputs

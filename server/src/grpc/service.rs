@@ -245,7 +245,7 @@ impl GrpcInferenceService for Grpc {
             } else {
                 vec![model.version_label.clone()]
             },
-            platform: "onnxruntime_onnx".into(),
+            platform: model.platform().into(),
             inputs: tensors(&model.signature.inputs),
             outputs: tensors(&model.signature.outputs),
         }))

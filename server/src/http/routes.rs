@@ -186,7 +186,7 @@ fn model_metadata(name: &str, version: Option<&str>, s: &Served) -> Response<Bod
                 Some(_) => vec![model.version_label.clone()],
                 None => s.endpoint.versions(),
             },
-            "platform": "onnxruntime_onnx",
+            "platform": model.platform(),
             "inputs": tensors(&model.signature.inputs),
             "outputs": tensors(&model.signature.outputs),
         }),
@@ -371,6 +371,12 @@ async fn score(
     let _guard = InflightGuard(&m.inflight);
     let result = async {
         let body = read_body(state, req, None).await?;
+        if let Err(e) = std::str::from_utf8(&body) {
+            return Err(InferError::InvalidInput(format!(
+                "request body: expected UTF-8 text (run() receives a str), received invalid UTF-8 at byte {}",
+                e.valid_up_to()
+            )));
+        }
         let raw = ferroserve_backend_core::Tensor::from_strings(vec![1], &[&body[..]])
             .map_err(|e| InferError::InvalidInput(e.to_string()))?;
         let output = routed.infer(vec![("raw".to_string(), raw)], None).await?;

@@ -45,9 +45,14 @@ impl Worker {
             // One bad request (an index out of range, say) fails the whole
             // batch inside the backend. Rather than fail its batch-mates too,
             // run each request alone so only the bad one gets the error.
+            // Requests whose deadline passed meanwhile (a batch that hung
+            // until the backend gave up on it) are answered with a timeout
+            // instead of being run again.
             Err(_) if jobs.len() > 1 => {
                 for job in jobs {
-                    self.run_batch(vec![job]);
+                    if let Some(job) = job.expire_if_late(Instant::now()) {
+                        self.run_batch(vec![job]);
+                    }
                 }
                 return;
             }
