@@ -58,6 +58,16 @@ use server_stats::{Snapshot, Window};
 
 const TENSOR_MODEL: &str = "text_stats";
 const RAW_MODEL: &str = "iris";
+/// A tensor-style script whose run() costs milliseconds (examples/bundles/numpy-mlp).
+const HEAVY_MODEL: &str = "numpy_mlp";
+/// numpy's BLAS on one thread in every process, server workers and
+/// reference alike: the comparison is of the serving path, not of how two
+/// BLAS thread pools fight over two cores.
+const BLAS_THREADS: [(&str, &str); 3] = [
+    ("OPENBLAS_NUM_THREADS", "1"),
+    ("OMP_NUM_THREADS", "1"),
+    ("MKL_NUM_THREADS", "1"),
+];
 
 const SINGLE_ROW_CONCURRENCY: usize = 64;
 /// Full-batch clients per worker process.
@@ -80,7 +90,10 @@ fn main() -> Result<()> {
 
 struct Bench {
     workspace: PathBuf,
+    /// text_stats and iris from examples/models, numpy_mlp from
+    /// examples/bundles: the repository the server serves.
     repo: PathBuf,
+    _repo_dir: tempfile::TempDir,
     python: PathBuf,
     measure: Duration,
     warmup: Duration,
@@ -112,8 +125,28 @@ impl Bench {
             );
         }
         let measure = Duration::from_secs_f64(secs);
+        let repo_dir = tempfile::tempdir()?;
+        let examples = workspace.join("examples");
+        for (from, name) in [
+            (
+                examples.join("models").join(TENSOR_MODEL).join("1"),
+                TENSOR_MODEL,
+            ),
+            (examples.join("models").join(RAW_MODEL).join("1"), RAW_MODEL),
+            (examples.join("bundles").join("numpy-mlp"), HEAVY_MODEL),
+        ] {
+            let to = repo_dir.path().join(name).join("1");
+            std::fs::create_dir_all(&to)?;
+            for entry in std::fs::read_dir(&from)
+                .with_context(|| format!("{}: run examples/generate.py", from.display()))?
+            {
+                let entry = entry?;
+                std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+            }
+        }
         Ok(Bench {
-            repo: workspace.join("examples").join("models"),
+            repo: repo_dir.path().to_path_buf(),
+            _repo_dir: repo_dir,
             workspace,
             python,
             measure,
@@ -145,7 +178,7 @@ impl Bench {
 
         let server = self.start_ferroserve()?;
         println!(
-            "\nferroserve pid {} on {} (serving all of examples/models)",
+            "\nferroserve pid {} on {} (serving {TENSOR_MODEL}, {RAW_MODEL} and {HEAVY_MODEL})",
             server.pid(),
             server.addr
         );
@@ -183,6 +216,40 @@ impl Bench {
         println!("  {:.1} rows/s", full.rows_per_second(full_rows));
         let full_ref = self.reference(&text, Payload::Tensor { rows: full_rows })?;
 
+        // (1c) numpy_mlp: a run() that costs milliseconds, 1-row requests.
+        let heavy = PyBundle::read(&self.repo, HEAVY_MODEL)?;
+        heading(&format!(
+            "(1c) ferroserve: {HEAVY_MODEL}, 1-row requests, concurrency {SINGLE_ROW_CONCURRENCY} \
+             (dynamic batching, max_batch_size {}, {} workers)",
+            heavy.max_batch_size, heavy.instances
+        ));
+        let spec = heavy.infer_request(1)?;
+        self.check(server.addr, &spec)?;
+        let heavy_run = self.closed(&server, HEAVY_MODEL, SINGLE_ROW_CONCURRENCY, &spec)?;
+        heavy_run.print();
+        let heavy_batch = heavy_run
+            .server
+            .and_then(|w| w.mean_batch_rows)
+            .map_or(1, |b| (b.round() as usize).clamp(1, heavy.max_batch_size));
+        let heavy_ref = self.reference(&heavy, Payload::Tensor { rows: heavy_batch })?;
+
+        // (1d) numpy_mlp, full batches from the clients.
+        let heavy_full_rows = heavy.max_batch_size;
+        let heavy_full_concurrency = FULL_BATCH_CLIENTS_PER_INSTANCE * heavy.instances;
+        heading(&format!(
+            "(1d) ferroserve: {HEAVY_MODEL}, {heavy_full_rows}-row requests, concurrency {heavy_full_concurrency}"
+        ));
+        let spec = heavy.infer_request(heavy_full_rows)?;
+        self.check(server.addr, &spec)?;
+        let heavy_full = self.closed(&server, HEAVY_MODEL, heavy_full_concurrency, &spec)?;
+        heavy_full.print();
+        let heavy_full_ref = self.reference(
+            &heavy,
+            Payload::Tensor {
+                rows: heavy_full_rows,
+            },
+        )?;
+
         // (2) iris, raw style.
         let sample_file = iris.dir.join("sample.json");
         let body = Bytes::from(
@@ -212,6 +279,12 @@ impl Bench {
         let single_ratio = ratio(single_rows, single_ref_rows);
         let full_ratio = ratio(full_rows_s, full_ref_rows);
         let raw_ratio = ratio(raw_req, raw_ref.calls_per_second);
+        let heavy_rows = heavy_run.rows_per_second(1);
+        let heavy_ref_rows = heavy_ref.calls_per_second * heavy_batch as f64;
+        let heavy_ratio = ratio(heavy_rows, heavy_ref_rows);
+        let heavy_full_rows_s = heavy_full.rows_per_second(heavy_full_rows);
+        let heavy_full_ref_rows = heavy_full_ref.calls_per_second * heavy_full_rows as f64;
+        let heavy_full_ratio = ratio(heavy_full_rows_s, heavy_full_ref_rows);
 
         let rule = |c: &str| println!("{}", c.repeat(108));
         println!();
@@ -251,6 +324,26 @@ impl Bench {
         );
         row(
             &format!(
+                "{HEAVY_MODEL} rows/s, 1-row reqs c={SINGLE_ROW_CONCURRENCY} / run() batch {heavy_batch} x{}",
+                heavy_ref.processes
+            ),
+            heavy_rows,
+            heavy_ref_rows,
+            heavy_ratio,
+            Some(TENSOR_TARGET),
+        );
+        row(
+            &format!(
+                "{HEAVY_MODEL} rows/s, {heavy_full_rows}-row reqs c={heavy_full_concurrency} / run() batch {heavy_full_rows} x{}",
+                heavy_full_ref.processes
+            ),
+            heavy_full_rows_s,
+            heavy_full_ref_rows,
+            heavy_full_ratio,
+            Some(TENSOR_TARGET),
+        );
+        row(
+            &format!(
                 "{RAW_MODEL} req/s, /score c={RAW_CONCURRENCY} / run(body) calls/s x{}",
                 raw_ref.processes
             ),
@@ -282,6 +375,16 @@ impl Bench {
                 &full_ref,
             ),
             (
+                format!("{HEAVY_MODEL} 1-row reqs c={SINGLE_ROW_CONCURRENCY}"),
+                &heavy_run,
+                &heavy_ref,
+            ),
+            (
+                format!("{HEAVY_MODEL} {heavy_full_rows}-row reqs c={heavy_full_concurrency}"),
+                &heavy_full,
+                &heavy_full_ref,
+            ),
+            (
                 format!("{RAW_MODEL} /score c={RAW_CONCURRENCY}"),
                 &raw,
                 &raw_ref,
@@ -305,7 +408,7 @@ impl Bench {
             "(ms per batch: the server's compute time per batch, the worker round trip included; \
              ref ms/call: one bare run() call in the reference)"
         );
-        let errors: u64 = [&single, &full, &raw]
+        let errors: u64 = [&single, &full, &heavy_run, &heavy_full, &raw]
             .iter()
             .map(|m| m.report.error_count())
             .sum();
@@ -320,6 +423,24 @@ impl Bench {
             "measure_s": self.measure.as_secs_f64(),
             "warmup_s": self.warmup.as_secs_f64(),
             "python": self.python,
+            "tensor_heavy_single_row": {
+                "model": HEAVY_MODEL,
+                "concurrency": SINGLE_ROW_CONCURRENCY,
+                "reference_batch": heavy_batch,
+                "ferroserve_rows_per_s": heavy_rows,
+                "reference_rows_per_s": heavy_ref_rows,
+                "ratio": heavy_ratio,
+                "target": TENSOR_TARGET,
+            },
+            "tensor_heavy_full_batch": {
+                "model": HEAVY_MODEL,
+                "rows_per_request": heavy_full_rows,
+                "concurrency": heavy_full_concurrency,
+                "ferroserve_rows_per_s": heavy_full_rows_s,
+                "reference_rows_per_s": heavy_full_ref_rows,
+                "ratio": heavy_full_ratio,
+                "target": TENSOR_TARGET,
+            },
             "tensor_single_row": {
                 "model": TENSOR_MODEL,
                 "rows_per_request": 1,
@@ -454,7 +575,8 @@ impl Bench {
                 "--python",
             ])
             .arg(&self.python)
-            .env("RUST_LOG", "warn,ferroserve=info");
+            .env("RUST_LOG", "warn,ferroserve=info")
+            .envs(BLAS_THREADS);
         let server = ServerProcess::start(
             "ferroserve",
             cmd,

@@ -129,6 +129,7 @@ pub fn run(
             .current_dir(&bundle.dir)
             .env("AZUREML_MODEL_DIR", &bundle.dir)
             .env("FERROSERVE_MODEL_DIR", &bundle.dir)
+            .envs(super::BLAS_THREADS)
             .env("PYTHONUNBUFFERED", "1")
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdin(Stdio::piped())
