@@ -1,6 +1,6 @@
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 use super::Job;
 
@@ -14,47 +14,32 @@ pub struct BatchPolicy {
     pub preferred_batch_sizes: Vec<usize>,
 }
 
+/// Forms batches from the queue. Shared by a model's instance workers
+/// behind a mutex: only an idle worker gathers, so jobs that arrive while
+/// every worker is busy join the next batch instead of waiting behind it,
+/// and the worker that formed a batch runs it with no hand-off to another
+/// thread.
 pub(super) struct Batcher {
     policy: BatchPolicy,
     queue: Receiver<Job>,
-    idle: Receiver<()>,
-    work: Sender<Vec<Job>>,
     /// A job taken from the queue that could not join the batch being formed
     /// (too many rows, or other non-batch dims); it opens the next batch.
     held: Option<Job>,
 }
 
 impl Batcher {
-    pub(super) fn new(
-        policy: BatchPolicy,
-        queue: Receiver<Job>,
-        idle: Receiver<()>,
-        work: Sender<Vec<Job>>,
-    ) -> Self {
+    pub(super) fn new(policy: BatchPolicy, queue: Receiver<Job>) -> Self {
         Batcher {
             policy,
             queue,
-            idle,
-            work,
             held: None,
-        }
-    }
-
-    pub(super) fn run(mut self) {
-        // Wait for an idle worker before gathering: jobs that arrive while all
-        // workers are busy then join the next batch instead of waiting behind it.
-        while self.idle.recv().is_ok() {
-            let Some(batch) = self.gather() else { return };
-            if self.work.send(batch).is_err() {
-                return;
-            }
         }
     }
 
     /// Blocks for the first live job, then adds jobs until the batch is full,
     /// hits a preferred size with nothing else waiting, or the first job has
     /// waited `max_queue_delay`. `None` once the queue is closed and drained.
-    fn gather(&mut self) -> Option<Vec<Job>> {
+    pub(super) fn gather(&mut self) -> Option<Vec<Job>> {
         let first = loop {
             let job = match self.held.take() {
                 Some(j) => j,

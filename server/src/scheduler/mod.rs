@@ -1,9 +1,11 @@
-//! Dynamic batching: one bounded queue, one batcher thread and N instance
-//! worker threads per model version.
+//! Dynamic batching: one bounded queue and N instance worker threads per
+//! model version.
 //!
-//! Requests wait in a crossbeam queue; the batcher forms a batch only once a
-//! worker is idle, so while every worker is busy the queue fills and the next
-//! batch comes out larger. No inference ever runs on a tokio thread.
+//! Requests wait in a crossbeam queue; an idle worker takes the batcher
+//! (a mutex shared by the workers) and forms a batch, so while every worker
+//! is busy the queue fills and the next batch comes out larger, and the
+//! worker that formed a batch runs it without handing it to another thread.
+//! No inference ever runs on a tokio thread.
 
 mod batcher;
 mod worker;
@@ -69,25 +71,21 @@ impl Scheduler {
         batch_rows: prometheus::Histogram,
     ) -> std::io::Result<Scheduler> {
         let (queue_tx, queue_rx) = crossbeam_channel::bounded::<Job>(max_queue_size);
-        let (idle_tx, idle_rx) = crossbeam_channel::bounded::<()>(backends.len());
-        let (work_tx, work_rx) = crossbeam_channel::bounded::<Vec<Job>>(backends.len());
+        let batched = policy.max_batch_size > 0;
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(batcher::Batcher::new(
+            policy, queue_rx,
+        )));
         for (i, backend) in backends.into_iter().enumerate() {
             let worker = worker::Worker {
                 backend,
-                batched: policy.max_batch_size > 0,
-                idle: idle_tx.clone(),
-                work: work_rx.clone(),
+                batched,
+                batcher: std::sync::Arc::clone(&shared),
                 batch_rows: batch_rows.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("{label}-worker-{i}"))
                 .spawn(move || worker.run())?;
         }
-        drop(idle_tx);
-        let batcher = batcher::Batcher::new(policy, queue_rx, idle_rx, work_tx);
-        std::thread::Builder::new()
-            .name(format!("{label}-batcher"))
-            .spawn(move || batcher.run())?;
         Ok(Scheduler {
             queue: Some(queue_tx),
             max_queue_size,

@@ -1,9 +1,11 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
 use ferroserve_backend_core::{Backend, Tensor};
 
+use super::batcher::Batcher;
 use super::Job;
 use crate::infer::{InferError, InferOutput};
 
@@ -11,18 +13,21 @@ use crate::infer::{InferError, InferOutput};
 pub(super) struct Worker {
     pub backend: Box<dyn Backend>,
     pub batched: bool,
-    pub idle: Sender<()>,
-    pub work: Receiver<Vec<Job>>,
+    /// Shared by the model's workers; whoever holds it is idle and forms
+    /// the next batch.
+    pub batcher: Arc<Mutex<Batcher>>,
     pub batch_rows: prometheus::Histogram,
 }
 
 impl Worker {
     pub(super) fn run(mut self) {
         loop {
-            if self.idle.send(()).is_err() {
-                return;
-            }
-            let Ok(mut jobs) = self.work.recv() else {
+            let next = {
+                let mut b = self.batcher.lock().unwrap_or_else(|e| e.into_inner());
+                b.gather()
+            };
+            // None: the queue is closed and drained.
+            let Some(mut jobs) = next else {
                 return;
             };
             // Skip jobs whose clients stopped waiting while the batch formed.
