@@ -26,6 +26,7 @@ mod closed_loop;
 mod connection;
 mod error;
 mod open_loop;
+pub mod progress;
 mod recorder;
 mod report;
 mod request;
@@ -39,8 +40,12 @@ pub use closed_loop::ClosedLoop;
 pub use connection::{Answer, Connection};
 pub use error::{ErrorKind, LoadError, RequestError};
 pub use open_loop::OpenLoop;
+pub use progress::{Counted, Progress};
 pub use report::{Latencies, Report};
 pub use request::RequestSpec;
+/// The built-in HTTP/1.1 caller: one keep-alive connection, reconnecting
+/// after a failure, sending the run's requests in turn.
+pub use worker::Worker as HttpCaller;
 
 use std::time::Duration;
 

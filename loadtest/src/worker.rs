@@ -12,7 +12,7 @@ const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
 /// One HTTP/1.1 client slot of a run: it owns at most one connection and
 /// reconnects when the connection breaks, so one broken socket costs one
 /// error, not the rest of the run.
-pub(crate) struct Worker {
+pub struct Worker {
     addr: SocketAddr,
     conn: Option<Connection>,
     /// The run's requests; call `i` sends `requests[i % len]`.
@@ -23,7 +23,7 @@ impl Worker {
     /// A worker with its connection already open, so the run's clock does
     /// not include connecting. A failure is left for the first request to
     /// meet and count.
-    pub(crate) async fn connect(addr: SocketAddr, requests: Arc<[RequestSpec]>) -> Worker {
+    pub async fn connect(addr: SocketAddr, requests: Arc<[RequestSpec]>) -> Worker {
         Worker {
             addr,
             conn: Connection::connect(addr).await.ok(),

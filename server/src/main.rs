@@ -79,6 +79,15 @@ enum Command {
     /// Shift traffic to a deployment step by step on a running server,
     /// rolling back when its error rate or p99 breaks the budget.
     Rollout(ecli::RolloutArgs),
+    /// Send load to a model on a running server and report throughput,
+    /// latency quantiles and errors by kind.
+    ///
+    /// Closed loop (--concurrency N) or open loop (--rate R, latencies from
+    /// each request's intended send time, so a stall is not hidden), for a
+    /// --duration or a number of --requests, over HTTP (JSON or --binary) or
+    /// gRPC. Inputs from --input (v2 requests) or random from the model's
+    /// metadata.
+    Loadtest(ferroserve::loadgen::LoadtestArgs),
 }
 
 /// The Python backend's settings (entry-script bundles), for `serve` and
@@ -314,6 +323,10 @@ fn main() -> Result<()> {
             } else {
                 std::process::exit(1)
             }
+        }
+        Command::Loadtest(a) => {
+            ferroserve::loadgen::run(a)?;
+            Ok(())
         }
         Command::Repo { command } => {
             if registry::cli::run_repo(command)? {

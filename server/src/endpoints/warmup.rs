@@ -16,39 +16,9 @@ fn declared(model: &Model) -> Result<Option<Vec<Sample>>, String> {
     let Some(path) = &model.manifest.warmup else {
         return Ok(None);
     };
-    let what = format!("warm-up samples {}", path.display());
-    let text = std::fs::read(path).map_err(|e| format!("{what}: cannot read: {e}"))?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|e| format!("{what}: not JSON: {e}"))?;
-    let requests = match value {
-        serde_json::Value::Array(list) => list,
-        one @ serde_json::Value::Object(_) => vec![one],
-        other => {
-            return Err(format!(
-                "{what}: expected a v2 inference request or a list of them, got {}",
-                match other {
-                    serde_json::Value::Null => "null",
-                    serde_json::Value::Bool(_) => "a boolean",
-                    serde_json::Value::Number(_) => "a number",
-                    _ => "a string",
-                }
-            ))
-        }
-    };
-    if requests.is_empty() {
-        return Err(format!("{what}: the list is empty"));
-    }
-    requests
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let body = Bytes::from(serde_json::to_vec(&r).expect("JSON re-serializes"));
-            crate::http::decode_request(body, None)
-                .map(|req| req.inputs)
-                .map_err(|e| format!("{what}: request {i}: {e}"))
-        })
-        .collect::<Result<_, _>>()
+    crate::samples::read(path)
         .map(Some)
+        .map_err(|e| format!("warm-up samples {e}"))
 }
 
 /// One row of zeros (empty strings for BYTES) per input, free dims as 1.
