@@ -28,6 +28,14 @@ impl RequestSpec {
         }
     }
 
+    /// A PUT (management calls, such as applying a configuration).
+    pub fn put(path: impl Into<String>, body: impl Into<Bytes>) -> RequestSpec {
+        RequestSpec {
+            method: Method::PUT,
+            ..RequestSpec::post(path, body)
+        }
+    }
+
     pub fn post(path: impl Into<String>, body: impl Into<Bytes>) -> RequestSpec {
         RequestSpec {
             method: Method::POST,

@@ -88,6 +88,10 @@ enum Command {
     /// gRPC. Inputs from --input (v2 requests) or random from the model's
     /// metadata.
     Loadtest(ferroserve::loadgen::LoadtestArgs),
+    /// Find the settings, cores and memory a model needs: sweeps batching,
+    /// instances and concurrency on a loopback server within --budget,
+    /// samples CPU and memory, and writes a JSON and an HTML report.
+    Profile(ferroserve::profiler::ProfileArgs),
 }
 
 /// The Python backend's settings (entry-script bundles), for `serve` and
@@ -323,6 +327,11 @@ fn main() -> Result<()> {
             } else {
                 std::process::exit(1)
             }
+        }
+        Command::Profile(a) => {
+            let (report, out) = ferroserve::profiler::run(a)?;
+            ferroserve::profiler::print(&report, &out);
+            Ok(())
         }
         Command::Loadtest(a) => {
             ferroserve::loadgen::run(a)?;
