@@ -172,8 +172,9 @@ pub fn run(args: LoadtestArgs) -> Result<Report, LoadtestError> {
         (None, Some(n)) => Stop::Requests(n),
         (None, None) => return Err(err("give --duration or --requests")),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    // One thread, as wrk's default: on a small machine every core the
+    // generator takes is taken from the server it measures.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| err(format!("cannot start the runtime: {e}")))?;
