@@ -150,3 +150,44 @@ fn a_short_profile_reports_what_it_measured_and_recommends_within_it() {
     assert!(html.contains("Throughput against concurrency") && html.contains("Resident memory"));
     assert!(html.contains("<polyline"));
 }
+
+#[test]
+fn a_running_server_is_profiled_as_it_is() {
+    let repo = tempfile::tempdir().unwrap();
+    copy_example("mlp", repo.path());
+    let server = support::Server::start(repo.path(), &[]);
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_ferroserve"))
+        .args(["profile", "--model", "mlp", "--budget", "4s", "--url"])
+        .arg(format!("http://{}", server.addr))
+        .arg("--pid")
+        .arg(server.child.id().to_string())
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    // The server's own settings (mlp's manifest), never changed.
+    let served = serde_json::json!({"instances": 1, "max_batch_size": 32, "max_queue_delay_us": 0});
+    assert!(runs.iter().all(|r| r["config"] == served), "{runs:#?}");
+    let concurrencies: std::collections::BTreeSet<u64> = runs
+        .iter()
+        .map(|r| r["concurrency"].as_u64().unwrap())
+        .collect();
+    assert!(concurrencies.len() >= 3, "{concurrencies:?}");
+    assert!(report["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["rss_bytes"].as_u64().unwrap() > 0));
+    // Still served as before: nothing was deployed on it.
+    let r = server.request("GET", "/v2/admin/endpoints/mlp", &[], b"");
+    assert_eq!(r.json()["implicit"], true, "{}", r.text());
+}

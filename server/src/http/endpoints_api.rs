@@ -101,6 +101,11 @@ fn describe(state: &AppState, name: &str, desired: Option<&EndpointSpec>) -> ser
                         "weight": w,
                         "requests_ok": s.ok,
                         "requests_failed": s.errors,
+                        "effective": {
+                            "instances": d.model.manifest.instances.count,
+                            "max_batch_size": d.model.manifest.batching.max_batch_size,
+                            "max_queue_delay_us": d.model.manifest.batching.max_queue_delay_us,
+                        },
                         "status": match d.model.not_ready() {
                             None => "ready".to_string(),
                             Some(why) => format!("not ready: {why}"),

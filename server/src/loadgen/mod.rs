@@ -110,7 +110,7 @@ pub fn report_json(r: &Report, args: &LoadtestArgs) -> serde_json::Value {
     })
 }
 
-fn address(url: &str) -> Result<SocketAddr, LoadtestError> {
+pub fn address(url: &str) -> Result<SocketAddr, LoadtestError> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| err(format!("--url {url:?}: expected http://HOST:PORT")))?;

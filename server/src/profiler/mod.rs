@@ -31,10 +31,19 @@ const CATALOG: &str = include_str!("../../../profiles/catalog.json");
 const CONCURRENCY: [usize; 4] = [1, 4, 16, 64];
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["repo", "url"]))]
 pub struct ProfileArgs {
-    /// Model repository holding the model.
+    /// Model repository holding the model: it is served from a scratch copy
+    /// on a loopback port, and every configuration is tried.
     #[arg(long)]
-    pub repo: PathBuf,
+    pub repo: Option<PathBuf>,
+    /// Profile a running server instead (its HTTP port, http://HOST:PORT):
+    /// its configuration is not changed, so only the concurrency is swept.
+    #[arg(long, requires = "pid")]
+    pub url: Option<String>,
+    /// The running server's process id, for its CPU and memory (with --url).
+    #[arg(long)]
+    pub pid: Option<u32>,
     /// The model to profile (its newest registered version).
     #[arg(long)]
     pub model: String,
@@ -170,38 +179,96 @@ fn grid(manifest: &crate::manifest::Manifest, cores: usize) -> Vec<Config> {
     out
 }
 
-/// Runs the profile; returns the report (also written out) and where.
-pub fn run(args: ProfileArgs) -> Result<(Report, PathBuf), ProfileError> {
-    // The bundle: the model's newest registered version (the folders'
-    // newest where there is no registry).
-    let version = match crate::registry::deployments::snapshot(&args.repo) {
-        Ok(s) => s.newest.get(&args.model).copied(),
+/// Copies the model's newest registered version (the folders' newest where
+/// there is no registry) into a scratch repository.
+fn scratch_copy(
+    repo: &Path,
+    model: &str,
+) -> Result<(tempfile::TempDir, u64, crate::manifest::Manifest), ProfileError> {
+    let version = match crate::registry::deployments::snapshot(repo) {
+        Ok(s) => s.newest.get(model).copied(),
         Err(_) => None,
     }
     .or_else(|| {
-        crate::repository::newest_versions(&args.repo)
+        crate::repository::newest_versions(repo)
             .ok()?
             .into_iter()
-            .find(|b| b.name == args.model)
+            .find(|b| b.name == model)
             .map(|b| b.version)
     })
-    .ok_or_else(|| {
-        err(format!(
-            "model {:?} not found in {}",
-            args.model,
-            args.repo.display()
-        ))
-    })?;
-    let bundle = args.repo.join(&args.model).join(version.to_string());
+    .ok_or_else(|| err(format!("model {model:?} not found in {}", repo.display())))?;
+    let bundle = repo.join(model).join(version.to_string());
     let manifest = crate::manifest::Manifest::load(&bundle).map_err(|e| err(e.to_string()))?;
     let scratch = tempfile::tempdir().map_err(|e| err(format!("scratch folder: {e}")))?;
-    let model_dir = scratch.path().join(&args.model);
+    let model_dir = scratch.path().join(model);
     std::fs::create_dir_all(&model_dir)
         .map_err(|e| err(format!("{}: {e}", model_dir.display())))?;
     crate::registry::fsutil::copy_tree_durably(&bundle, &model_dir.join("1"))
         .map_err(|e| err(e.to_string()))?;
+    Ok((scratch, version, manifest))
+}
+
+/// A running server's version of `model` and the settings its main
+/// deployment runs with, from its management API.
+async fn served_config(addr: SocketAddr, model: &str) -> Result<(u64, Config), ProfileError> {
+    let (status, body) = http(
+        addr,
+        &RequestSpec::get(format!("/v2/admin/endpoints/{model}")),
+    )
+    .await?;
+    if status != 200 {
+        return Err(err(format!(
+            "GET /v2/admin/endpoints/{model}: {status} {}",
+            String::from_utf8_lossy(&body)
+        )));
+    }
+    let view: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| err(format!("endpoint view: {e}")))?;
+    let main = view["deployments"]
+        .as_array()
+        .and_then(|ds| ds.iter().max_by_key(|d| d["weight"].as_u64().unwrap_or(0)))
+        .ok_or_else(|| err(format!("endpoint {model:?} has no live deployment")))?;
+    let e = &main["effective"];
+    let n = |k: &str| {
+        e[k].as_u64()
+            .ok_or_else(|| err(format!("endpoint view: no {k}")))
+    };
+    Ok((
+        main["version"].as_u64().unwrap_or(0),
+        Config {
+            instances: n("instances")? as usize,
+            max_batch_size: n("max_batch_size")? as usize,
+            max_queue_delay_us: n("max_queue_delay_us")?,
+        },
+    ))
+}
+
+/// Runs the profile; returns the report (also written out) and where.
+pub fn run(args: ProfileArgs) -> Result<(Report, PathBuf), ProfileError> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut configs = grid(&manifest, cores);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+    // Either a server of our own on a scratch copy (every configuration is
+    // tried), or the running one (only the concurrency is swept: its
+    // configuration is left as it is).
+    let (_scratch, server, addr, pid, version, mut configs) = match (&args.repo, &args.url) {
+        (Some(repo), _) => {
+            let (scratch, version, manifest) = scratch_copy(repo, &args.model)?;
+            let server = start_server(scratch.path())?;
+            let (addr, pid) = (server.addr, server.child.id());
+            let configs = grid(&manifest, cores);
+            (Some(scratch), Some(server), addr, pid, version, configs)
+        }
+        (None, Some(url)) => {
+            let addr = crate::loadgen::address(url).map_err(|e| err(e.to_string()))?;
+            let pid = args.pid.ok_or_else(|| err("--url needs --pid"))?;
+            let (version, config) = rt.block_on(served_config(addr, &args.model))?;
+            (None, None, addr, pid, version, vec![config])
+        }
+        (None, None) => return Err(err("give --repo or --url")),
+    };
     // Runs shorter than this measure noise: a short budget tries fewer
     // configurations (the queue-delay variants go first) and fewer
     // concurrencies rather than shorter runs.
@@ -221,14 +288,9 @@ pub fn run(args: ProfileArgs) -> Result<(Report, PathBuf), ProfileError> {
     let per_run = Duration::from_secs_f64(per_run);
     let warmup = (per_run / 5).min(Duration::from_millis(500));
 
-    let server = start_server(scratch.path())?;
     let origin = Instant::now();
-    let sampler = sampler::Sampler::start(server.child.id(), origin, Duration::from_millis(100));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| err(e.to_string()))?;
-    let addr = server.addr;
+    let sampler = sampler::Sampler::start(pid, origin, Duration::from_millis(100));
+    let own_server = server.is_some();
     let model = args.model.clone();
     let inputs = match &args.input {
         Some(p) => crate::samples::read(p).map_err(err)?,
@@ -332,7 +394,9 @@ pub fn run(args: ProfileArgs) -> Result<(Report, PathBuf), ProfileError> {
     );
     let mut runs = Vec::new();
     for c in &configs {
-        apply(c)?;
+        if own_server {
+            apply(c)?;
+        }
         for &n in &concurrency {
             runs.push(measure(c, n)?);
         }
@@ -352,7 +416,9 @@ pub fn run(args: ProfileArgs) -> Result<(Report, PathBuf), ProfileError> {
         }
         extra.retain(|c| !CONCURRENCY.contains(c));
         if !extra.is_empty() {
-            apply(&best.config)?;
+            if own_server {
+                apply(&best.config)?;
+            }
             for n in extra {
                 runs.push(measure(&best.config, n)?);
             }
