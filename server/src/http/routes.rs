@@ -20,6 +20,9 @@ use crate::infer::InferError;
 use crate::model::Model;
 
 /// The extensions of the protocol this server implements, as listed by `/v2`.
+/// (`GET /v2/models/{m}/config` answers too, but `model_configuration` is
+/// listed only once gRPC's `ModelConfig` does: the list is shared by both
+/// protocols.)
 pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "classification", "parameters"];
 
 const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -83,9 +86,14 @@ pub async fn handle(
                         None => ready_status(state.is_ready()),
                     }
                 }),
+                ("config", &Method::GET) => with_model(&state, name, version, |s| {
+                    reply::json(StatusCode::OK, &super::triton_config::config(name, &s.model))
+                }),
                 ("infer", &Method::POST) => infer(&state, name, version, req).await,
                 ("score", &Method::POST) => score(&state, name, version, req).await,
-                ("" | "ready" | "infer" | "score", _) => method_not_allowed(&method, &path),
+                ("" | "ready" | "infer" | "score" | "config", _) => {
+                    method_not_allowed(&method, &path)
+                }
                 _ => not_found(&path),
             },
             None => not_found(&path),
