@@ -38,10 +38,12 @@ mod process;
 mod reference;
 #[path = "serving/server_stats.rs"]
 mod server_stats;
+#[path = "serving/settings.rs"]
+mod settings;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -55,6 +57,7 @@ use cpu::{CpuMeter, CpuUse};
 use process::{Listener, ServerProcess};
 use reference::{Outcome, Payload};
 use server_stats::{Snapshot, Window};
+use settings::ms;
 
 const TENSOR_MODEL: &str = "text_stats";
 const RAW_MODEL: &str = "iris";
@@ -103,16 +106,8 @@ struct Bench {
 
 impl Bench {
     fn new() -> Result<Bench> {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .context("the server crate lives in the workspace")?
-            .to_path_buf();
-        let secs: f64 = match std::env::var("FERROSERVE_BENCH_SECS") {
-            Ok(v) => v
-                .parse()
-                .context("FERROSERVE_BENCH_SECS is a number of seconds")?,
-            Err(_) => 10.0,
-        };
+        let workspace = settings::workspace()?;
+        let (measure, warmup) = settings::measure_and_warmup()?;
         let python = match std::env::var_os("FERROSERVE_PYTHON") {
             Some(p) => PathBuf::from(p),
             None => workspace.join(".venv").join("bin").join("python"),
@@ -124,7 +119,6 @@ impl Bench {
                 python.display()
             );
         }
-        let measure = Duration::from_secs_f64(secs);
         let repo_dir = tempfile::tempdir()?;
         let examples = workspace.join("examples");
         for (from, name) in [
@@ -150,7 +144,7 @@ impl Bench {
             workspace,
             python,
             measure,
-            warmup: (measure / 5).clamp(Duration::from_millis(500), Duration::from_secs(2)),
+            warmup,
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?,
@@ -629,41 +623,13 @@ impl Measured {
     }
 
     fn json(&self) -> serde_json::Value {
-        let r = &self.report;
-        let l = r.latencies();
-        let w = self.server.unwrap_or_default();
-        let errors: serde_json::Map<String, serde_json::Value> = r
-            .errors
-            .iter()
-            .map(|(k, n)| (k.to_string(), json!(n)))
-            .collect();
-        json!({
-            "requests": r.requests,
-            "ok": r.ok,
-            "errors": errors,
-            "elapsed_s": r.elapsed.as_secs_f64(),
-            "ok_per_s": r.ok_per_second(),
-            "latency_ms": {
-                "p50": ms(l.p50),
-                "p90": ms(l.p90),
-                "p99": ms(l.p99),
-                "p999": ms(l.p999),
-                "max": ms(l.max),
-            },
-            "load_generator_cores": self.cpu.client_cores,
-            "server_cores": self.cpu.server_cores,
-            "worker_cores": self.worker_cores,
-            "other_cores": self.cpu.other_cores,
-            "steal_cores": self.cpu.steal_cores,
-            "server": self.server.map(|_| json!({
-                "mean_batch_rows": w.mean_batch_rows,
-                "batches_per_s": w.batches_per_second,
-                "mean_compute_ms": w.mean_compute_ms,
-                "backend_busy": w.backend_busy,
-                "mean_queue_ms": w.mean_queue_ms,
-                "mean_request_ms": w.mean_request_ms,
-            })),
-        })
+        let mut m = settings::run_json(&self.report, &self.cpu);
+        m.insert("worker_cores".into(), json!(self.worker_cores));
+        m.insert(
+            "server".into(),
+            self.server.map_or(json!(null), |w| w.json()),
+        );
+        serde_json::Value::Object(m)
     }
 }
 
@@ -756,8 +722,4 @@ fn ratio(ours: f64, reference: f64) -> f64 {
     } else {
         0.0
     }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }

@@ -35,9 +35,11 @@ mod model;
 mod process;
 #[path = "serving/server_stats.rs"]
 mod server_stats;
+#[path = "serving/settings.rs"]
+mod settings;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -50,6 +52,7 @@ use grpc_load::GrpcInfer;
 use model::Bundle;
 use process::{Listener, ServerProcess};
 use server_stats::{Snapshot, Window};
+use settings::ms;
 
 /// Set when the benchmark re-executes itself as a reference server.
 const ROLE_ENV: &str = "FERROSERVE_BENCH_ROLE";
@@ -94,22 +97,13 @@ struct Bench {
 
 impl Bench {
     fn new() -> Result<Bench> {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .context("the server crate lives in the workspace")?
-            .to_path_buf();
-        let secs: f64 = match std::env::var("FERROSERVE_BENCH_SECS") {
-            Ok(v) => v
-                .parse()
-                .context("FERROSERVE_BENCH_SECS is a number of seconds")?,
-            Err(_) => 10.0,
-        };
-        let measure = Duration::from_secs_f64(secs);
+        let workspace = settings::workspace()?;
+        let (measure, warmup) = settings::measure_and_warmup()?;
         Ok(Bench {
             repo: workspace.join("examples").join("models"),
             workspace,
             measure,
-            warmup: (measure / 5).clamp(Duration::from_millis(500), Duration::from_secs(2)),
+            warmup,
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?,
@@ -585,40 +579,12 @@ impl Measured {
     }
 
     fn json(&self) -> serde_json::Value {
-        let r = &self.report;
-        let l = r.latencies();
-        let w = self.server.unwrap_or_default();
-        let errors: serde_json::Map<String, serde_json::Value> = r
-            .errors
-            .iter()
-            .map(|(k, n)| (k.to_string(), json!(n)))
-            .collect();
-        json!({
-            "requests": r.requests,
-            "ok": r.ok,
-            "errors": errors,
-            "elapsed_s": r.elapsed.as_secs_f64(),
-            "ok_per_s": r.ok_per_second(),
-            "latency_ms": {
-                "p50": ms(l.p50),
-                "p90": ms(l.p90),
-                "p99": ms(l.p99),
-                "p999": ms(l.p999),
-                "max": ms(l.max),
-            },
-            "load_generator_cores": self.cpu.client_cores,
-            "server_cores": self.cpu.server_cores,
-            "other_cores": self.cpu.other_cores,
-            "steal_cores": self.cpu.steal_cores,
-            "server": self.server.map(|_| json!({
-                "mean_batch_rows": w.mean_batch_rows,
-                "batches_per_s": w.batches_per_second,
-                "mean_compute_ms": w.mean_compute_ms,
-                "backend_busy": w.backend_busy,
-                "mean_queue_ms": w.mean_queue_ms,
-                "mean_request_ms": w.mean_request_ms,
-            })),
-        })
+        let mut m = settings::run_json(&self.report, &self.cpu);
+        m.insert(
+            "server".into(),
+            self.server.map_or(json!(null), |w| w.json()),
+        );
+        serde_json::Value::Object(m)
     }
 }
 
@@ -679,10 +645,6 @@ fn ratio(ours: f64, reference: f64) -> f64 {
     } else {
         0.0
     }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 fn mib(bytes: u64) -> f64 {

@@ -34,6 +34,8 @@ mod model;
 #[allow(dead_code)]
 #[path = "serving/process.rs"]
 mod process;
+#[path = "serving/settings.rs"]
+mod settings;
 #[path = "swap/traffic.rs"]
 mod traffic;
 
@@ -51,6 +53,7 @@ use serde_json::json;
 use cpu::{CpuMeter, CpuUse};
 use model::Bundle;
 use process::{Listener, ServerProcess};
+use settings::ms;
 use traffic::{
     changeovers, put_deployment, spawn_prober, spawn_swapper, Changeover, CheckedCaller,
     ProbeOutcome, Swap, SwapPlan, Tally, DEPLOYMENT_HEADER,
@@ -102,21 +105,12 @@ struct Phase {
 
 impl Bench {
     fn new() -> Result<Bench> {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .context("the server crate lives in the workspace")?
-            .to_path_buf();
-        let secs: f64 = match std::env::var("FERROSERVE_BENCH_SECS") {
-            Ok(v) => v
-                .parse()
-                .context("FERROSERVE_BENCH_SECS is a number of seconds")?,
-            Err(_) => 10.0,
-        };
-        let measure = Duration::from_secs_f64(secs);
+        let workspace = settings::workspace()?;
+        let (measure, warmup) = settings::measure_and_warmup()?;
         Ok(Bench {
             workspace,
             measure,
-            warmup: (measure / 5).clamp(Duration::from_millis(500), Duration::from_secs(2)),
+            warmup,
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?,
@@ -553,43 +547,30 @@ impl Phase {
     }
 
     fn json(&self) -> serde_json::Value {
-        let r = &self.report;
-        let l = r.latencies();
         let [v1, v2, other] = self.tally.versions();
-        let errors: serde_json::Map<String, serde_json::Value> = r
-            .errors
-            .iter()
-            .map(|(k, n)| (k.to_string(), json!(n)))
-            .collect();
         let put: Vec<f64> = self
             .swaps
             .iter()
             .filter(|s| s.failure.is_none())
             .map(|s| ms(s.put))
             .collect();
-        json!({
-            "requests": r.requests,
-            "ok": r.ok,
-            "errors": errors,
-            "error_samples": self.tally.samples(),
-            "elapsed_s": r.elapsed.as_secs_f64(),
-            "ok_per_s": r.ok_per_second(),
-            "latency_ms": {
-                "p50": ms(l.p50),
-                "p90": ms(l.p90),
-                "p99": ms(l.p99),
-                "p999": ms(l.p999),
-                "max": ms(l.max),
-            },
-            "answers_by_version": {"1": v1, "2": v2, "other": other},
-            "swaps": self.swaps.len(),
-            "failed_swaps": self.swaps.iter().filter(|s| s.failure.is_some()).count(),
-            "put_ms": Stats::json(&put),
-            "load_generator_cores": self.cpu.client_cores,
-            "server_cores": self.cpu.server_cores,
-            "other_cores": self.cpu.other_cores,
-            "steal_cores": self.cpu.steal_cores,
-        })
+        let mut m = settings::run_json(&self.report, &self.cpu);
+        for (k, v) in [
+            ("error_samples", json!(self.tally.samples())),
+            (
+                "answers_by_version",
+                json!({"1": v1, "2": v2, "other": other}),
+            ),
+            ("swaps", json!(self.swaps.len())),
+            (
+                "failed_swaps",
+                json!(self.swaps.iter().filter(|s| s.failure.is_some()).count()),
+            ),
+            ("put_ms", Stats::json(&put)),
+        ] {
+            m.insert(k.into(), v);
+        }
+        serde_json::Value::Object(m)
     }
 }
 
@@ -651,10 +632,6 @@ fn ratio(ours: Duration, reference: Duration) -> f64 {
     } else {
         ours.as_secs_f64() / reference.as_secs_f64()
     }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 fn opt(v: Option<f64>) -> String {

@@ -174,6 +174,9 @@ pub struct Manifest {
     /// Class labels by output name, read once from the files named by
     /// `[[outputs]] labels`; line N labels class index N.
     pub labels: BTreeMap<String, Arc<Vec<String>>>,
+    /// The file each output's labels came from, as the manifest names it
+    /// (Triton's `label_filename`).
+    pub label_files: BTreeMap<String, String>,
 }
 
 impl Manifest {
@@ -278,6 +281,7 @@ impl Manifest {
             }
         }
         let mut labels = BTreeMap::new();
+        let mut label_files = BTreeMap::new();
         if let Some(i) = raw.inputs.iter().position(|t| t.labels.is_some()) {
             return Err(err(
                 format!("inputs[{i}].labels"),
@@ -299,6 +303,7 @@ impl Manifest {
             }
             let list = read_labels(dir, file_name).map_err(|problem| err(key, problem))?;
             labels.insert(t.name.clone(), Arc::new(list));
+            label_files.insert(t.name.clone(), file_name.clone());
         }
         let b = &raw.batching;
         for &p in &b.preferred_batch_sizes {
@@ -434,6 +439,7 @@ impl Manifest {
             instances: raw.instances,
             tags: raw.tags,
             labels,
+            label_files,
         })
     }
 

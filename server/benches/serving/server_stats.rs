@@ -75,6 +75,21 @@ impl Snapshot {
     }
 }
 
+impl Window {
+    /// The window as the benchmarks' JSON lines carry it.
+    #[allow(dead_code)] // the swap benchmark reports no window
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "mean_batch_rows": self.mean_batch_rows,
+            "batches_per_s": self.batches_per_second,
+            "mean_compute_ms": self.mean_compute_ms,
+            "backend_busy": self.backend_busy,
+            "mean_queue_ms": self.mean_queue_ms,
+            "mean_request_ms": self.mean_request_ms,
+        })
+    }
+}
+
 impl std::fmt::Display for Window {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let show =

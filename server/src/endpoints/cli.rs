@@ -6,7 +6,7 @@
 //! API (`--url`).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -295,41 +295,37 @@ fn print_endpoint(e: &EndpointSpec) {
     }
 }
 
-/// A plain HTTP/1.1 call (the management API on loopback or a private
-/// network); returns the status and the body.
-fn call(
-    url: &str,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-    token: Option<&str>,
-) -> Result<(u16, String)> {
-    let rest = url
-        .strip_prefix("http://")
-        .with_context(|| format!("--url {url:?}: expected http://HOST:PORT"))?;
-    let host = rest.trim_end_matches('/');
-    let mut stream =
-        std::net::TcpStream::connect(host).with_context(|| format!("cannot connect to {url}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let body = body.unwrap_or("");
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("{url}: not an HTTP response: {head:?}"))?;
-    Ok((status, body.to_string()))
+/// One call to the management API with the load generator's HTTP/1.1
+/// connection (a POST of `body`, else a GET); returns the status and the
+/// body.
+fn call(url: &str, path: &str, body: Option<&str>, token: Option<&str>) -> Result<(u16, String)> {
+    use ferroserve_loadtest::{Connection, RequestSpec};
+    let addr = crate::loadgen::address(url)?;
+    let mut spec = match body {
+        Some(b) => {
+            RequestSpec::post(path, b.to_string()).header("content-type", "application/json")?
+        }
+        None => RequestSpec::get(path),
+    };
+    if let Some(t) = token {
+        spec = spec.header("authorization", format!("Bearer {t}"))?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut c = Connection::connect(addr)
+            .await
+            .with_context(|| format!("cannot connect to {url}"))?;
+        let answer = c
+            .send(&spec)
+            .await
+            .with_context(|| format!("{url}{path}"))?;
+        Ok((
+            answer.status.as_u16(),
+            String::from_utf8_lossy(&answer.body).into_owned(),
+        ))
+    })
 }
 
 /// Starts the rollout on the server and follows it; `Ok(true)` when every
@@ -350,20 +346,14 @@ pub fn rollout(a: RolloutArgs) -> Result<bool> {
     });
     let a = RolloutArgs { token, ..a };
     let path = format!("/v2/admin/endpoints/{}/rollout", a.endpoint);
-    let (status, body) = call(
-        &a.url,
-        "POST",
-        &path,
-        Some(&req.to_string()),
-        a.token.as_deref(),
-    )?;
+    let (status, body) = call(&a.url, &path, Some(&req.to_string()), a.token.as_deref())?;
     if status != 202 {
         bail!("the server refused the rollout ({status}): {body}");
     }
     let mut last_step = usize::MAX;
     loop {
         std::thread::sleep(Duration::from_millis(250));
-        let (status, body) = call(&a.url, "GET", &path, None, a.token.as_deref())?;
+        let (status, body) = call(&a.url, &path, None, a.token.as_deref())?;
         if status != 200 {
             bail!("cannot read the rollout's status ({status}): {body}");
         }

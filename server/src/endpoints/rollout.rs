@@ -166,35 +166,13 @@ pub fn shifted(original: &BTreeMap<String, u32>, to: &str, percent: u32) -> BTre
         .filter(|(n, _)| n.as_str() != to)
         .map(|(n, &w)| (n, w))
         .collect();
-    let rest = 100 - percent;
-    let total: u32 = others.iter().map(|(_, w)| w).sum();
     let mut out: BTreeMap<String, u32> = BTreeMap::new();
     out.insert(to.to_string(), percent);
-    if others.is_empty() {
-        return out;
-    }
-    let raw: Vec<f64> = others
-        .iter()
-        .map(|(_, w)| {
-            if total == 0 {
-                f64::from(rest) / others.len() as f64
-            } else {
-                f64::from(rest) * f64::from(*w) / f64::from(total)
-            }
-        })
-        .collect();
-    let mut floors: Vec<u32> = raw.iter().map(|r| r.floor() as u32).collect();
-    let mut order: Vec<usize> = (0..raw.len()).collect();
-    order.sort_by(|&a, &b| {
-        (raw[b] - raw[b].floor())
-            .partial_cmp(&(raw[a] - raw[a].floor()))
-            .unwrap_or(std::cmp::Ordering::Equal)
-    });
-    let missing = rest - floors.iter().sum::<u32>();
-    for &i in order.iter().cycle().take(missing as usize) {
-        floors[i] += 1;
-    }
-    for ((n, _), w) in others.iter().zip(floors) {
+    let shares = super::routing::apportion(
+        &others.iter().map(|(_, w)| *w).collect::<Vec<_>>(),
+        100 - percent,
+    );
+    for ((n, _), w) in others.iter().zip(shares) {
         out.insert((*n).clone(), w);
     }
     out

@@ -40,6 +40,9 @@ pub struct Endpoint {
     /// The weight of each of `deployments`, summing to 100 (renormalised
     /// over the deployments that are loaded).
     pub weights: Vec<u32>,
+    /// Indices into `deployments`, the highest weight first (ties in
+    /// specification order): pinning by version and metadata pick by it.
+    by_weight: Vec<usize>,
     slots: Vec<u8>,
     counter: AtomicU64,
     /// `(index into deployments, percent)`.
@@ -62,9 +65,12 @@ impl Endpoint {
     ) -> Endpoint {
         assert_eq!(deployments.len(), weights.len());
         assert!(!deployments.is_empty(), "an endpoint has a deployment");
-        let weights = normalise(&weights);
+        let weights = apportion(&weights, 100);
+        let mut by_weight: Vec<usize> = (0..deployments.len()).collect();
+        by_weight.sort_by_key(|&i| std::cmp::Reverse(weights[i]));
         Endpoint {
             name,
+            by_weight,
             slots: smooth_slots(&weights),
             deployments,
             weights,
@@ -77,11 +83,9 @@ impl Endpoint {
 
     /// The deployment serving `version`, the highest weight first.
     pub fn by_version(&self, version: &str) -> Option<&Arc<Deployment>> {
-        let mut order: Vec<usize> = (0..self.deployments.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(self.weights[i]));
-        order
-            .into_iter()
-            .map(|i| &self.deployments[i])
+        self.by_weight
+            .iter()
+            .map(|&i| &self.deployments[i])
             .find(|d| d.model.has_version(version))
     }
 
@@ -91,10 +95,7 @@ impl Endpoint {
 
     /// The deployment with the most traffic: what metadata describes.
     pub fn primary(&self) -> &Arc<Deployment> {
-        let i = (0..self.deployments.len())
-            .max_by_key(|&i| (self.weights[i], std::cmp::Reverse(i)))
-            .expect("an endpoint has a deployment");
-        &self.deployments[i]
+        &self.deployments[self.by_weight[0]]
     }
 
     /// The versions served, ascending, without repeats.
@@ -128,20 +129,25 @@ impl Endpoint {
     }
 }
 
-/// Scales weights to sum to 100 (largest remainders get the rounding).
-fn normalise(weights: &[u32]) -> Vec<u32> {
-    let total: u32 = weights.iter().sum();
-    if total == 100 {
-        return weights.to_vec();
+/// Scales `weights` to whole numbers summing to `total`, in proportion
+/// (all zero: equal shares); the largest remainders get the rounding.
+/// Shared by routing (weights of the deployments that loaded) and rollouts
+/// (the other deployments' share of a step).
+pub fn apportion(weights: &[u32], total: u32) -> Vec<u32> {
+    if weights.is_empty() {
+        return Vec::new();
     }
-    let raw: Vec<f64> = if total == 0 {
-        vec![100.0 / weights.len() as f64; weights.len()]
-    } else {
-        weights
-            .iter()
-            .map(|&w| f64::from(w) * 100.0 / f64::from(total))
-            .collect()
-    };
+    let sum: u32 = weights.iter().sum();
+    let raw: Vec<f64> = weights
+        .iter()
+        .map(|&w| {
+            if sum == 0 {
+                f64::from(total) / weights.len() as f64
+            } else {
+                f64::from(total) * f64::from(w) / f64::from(sum)
+            }
+        })
+        .collect();
     let mut out: Vec<u32> = raw.iter().map(|r| r.floor() as u32).collect();
     let mut order: Vec<usize> = (0..raw.len()).collect();
     order.sort_by(|&a, &b| {
@@ -149,7 +155,7 @@ fn normalise(weights: &[u32]) -> Vec<u32> {
             .partial_cmp(&(raw[a] - raw[a].floor()))
             .unwrap_or(std::cmp::Ordering::Equal)
     });
-    let missing = 100 - out.iter().sum::<u32>();
+    let missing = total.saturating_sub(out.iter().sum::<u32>());
     for &i in order.iter().cycle().take(missing as usize) {
         out[i] += 1;
     }
@@ -339,9 +345,9 @@ mod tests {
 
     #[test]
     fn weights_are_scaled_to_100() {
-        assert_eq!(normalise(&[90, 10]), [90, 10]);
-        assert_eq!(normalise(&[30, 0]), [100, 0]);
-        assert_eq!(normalise(&[0, 0, 0]), [34, 33, 33]);
-        assert_eq!(normalise(&[1, 1, 1]).iter().sum::<u32>(), 100);
+        assert_eq!(apportion(&[90, 10], 100), [90, 10]);
+        assert_eq!(apportion(&[30, 0], 100), [100, 0]);
+        assert_eq!(apportion(&[0, 0, 0], 100), [34, 33, 33]);
+        assert_eq!(apportion(&[1, 1, 1], 100).iter().sum::<u32>(), 100);
     }
 }

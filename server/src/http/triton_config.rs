@@ -49,7 +49,7 @@ pub fn config(name: &str, model: &Model) -> Value {
         .map(|t| {
             let mut o = json!({"name": t.name, "data_type": triton_type(t.dtype),
                                "dims": dims(&t.shape), "is_shape_tensor": false});
-            if let Some(file) = label_file(m, &t.name) {
+            if let Some(file) = m.label_files.get(&t.name) {
                 o["label_filename"] = json!(file);
             }
             o
@@ -87,24 +87,4 @@ pub fn config(name: &str, model: &Model) -> Value {
         });
     }
     c
-}
-
-/// The labels file an output's classes come from, as named in the bundle.
-fn label_file(m: &crate::manifest::Manifest, output: &str) -> Option<String> {
-    m.labels.contains_key(output).then(|| {
-        // The manifest keeps the labels, not the file name: read it back.
-        std::fs::read_to_string(&m.file)
-            .ok()
-            .and_then(|text| text.parse::<toml::Table>().ok())
-            .and_then(|t| {
-                t.get("outputs")?
-                    .as_array()?
-                    .iter()
-                    .find(|o| o.get("name").and_then(|n| n.as_str()) == Some(output))?
-                    .get("labels")?
-                    .as_str()
-                    .map(str::to_string)
-            })
-            .unwrap_or_default()
-    })
 }

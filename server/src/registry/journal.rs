@@ -27,13 +27,14 @@
 //! differences between the folders and the database.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 
 use super::fsutil::{fsync_dir, hash_tree, FileRecord};
 use super::git::GitInfo;
+use super::models::db_err;
 use super::models::DELETED_PREFIX;
 use super::register::TMP_PREFIX;
 use super::store::{self, NewVersion, Store};
@@ -409,12 +410,6 @@ fn deleted_version(name: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
-}
-
-fn db_err(path: &Path, what: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> RegistryError {
-    let path: PathBuf = path.to_path_buf();
-    let what = what.into();
-    move |source| RegistryError::Db { path, what, source }
 }
 
 #[cfg(test)]

@@ -1,0 +1,68 @@
+//! What every benchmark target reads and writes the same way: the
+//! workspace, how long to measure, and one run's figures as JSON.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ferroserve_loadtest::Report;
+use serde_json::{json, Map, Value};
+
+use crate::cpu::CpuUse;
+
+pub fn workspace() -> Result<PathBuf> {
+    Ok(Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("the server crate lives in the workspace")?
+        .to_path_buf())
+}
+
+/// `FERROSERVE_BENCH_SECS` (default 10 s) and the warm-up that goes with
+/// it: a fifth of it, between 0.5 and 2 s.
+pub fn measure_and_warmup() -> Result<(Duration, Duration)> {
+    let secs: f64 = match std::env::var("FERROSERVE_BENCH_SECS") {
+        Ok(v) => v
+            .parse()
+            .context("FERROSERVE_BENCH_SECS is a number of seconds")?,
+        Err(_) => 10.0,
+    };
+    let measure = Duration::from_secs_f64(secs);
+    let warmup = (measure / 5).clamp(Duration::from_millis(500), Duration::from_secs(2));
+    Ok((measure, warmup))
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A run's counts, latencies and CPU split; each benchmark adds its own
+/// fields to it.
+pub fn run_json(r: &Report, cpu: &CpuUse) -> Map<String, Value> {
+    let l = r.latencies();
+    let errors: Map<String, Value> = r
+        .errors
+        .iter()
+        .map(|(k, n)| (k.to_string(), json!(n)))
+        .collect();
+    let Value::Object(map) = json!({
+        "requests": r.requests,
+        "ok": r.ok,
+        "errors": errors,
+        "elapsed_s": r.elapsed.as_secs_f64(),
+        "ok_per_s": r.ok_per_second(),
+        "latency_ms": {
+            "p50": ms(l.p50),
+            "p90": ms(l.p90),
+            "p99": ms(l.p99),
+            "p999": ms(l.p999),
+            "max": ms(l.max),
+        },
+        "load_generator_cores": cpu.client_cores,
+        "server_cores": cpu.server_cores,
+        "other_cores": cpu.other_cores,
+        "steal_cores": cpu.steal_cores,
+    }) else {
+        unreachable!("json! of an object literal is an object")
+    };
+    map
+}
