@@ -32,6 +32,7 @@ with (without writing __pycache__ into the bundle).
 from __future__ import annotations
 
 import argparse
+import copy
 import contextlib
 import importlib.util
 import json
@@ -92,6 +93,7 @@ class Bundle:
         # (file name, [request: {input name: numpy array}]) for a top-level
         # `warmup = FILE` key: a JSON list of Open Inference Protocol requests.
         self.warmup = warmup
+        self.backend = "onnx"  # or "opencl": the same ONNX file run by ferroserve's OpenCL kernels
 
 
 def value_info(name: str, datatype: str, shape: list[int]):
@@ -575,6 +577,19 @@ def build_extra_bundles() -> dict[str, Bundle]:
     }
 
 
+def build_opencl_bundle(onnx_bundle: Bundle) -> Bundle:
+    """The same model, weights and signature, served by the OpenCL backend
+    (`backend = "opencl"`, device opencl:0) under NAME_opencl, so one server
+    can answer both and a test can compare them."""
+    b = copy.copy(onnx_bundle)
+    b.name = f"{onnx_bundle.name}_opencl"
+    b.description = f"{onnx_bundle.description}, on OpenCL (opencl:0) with ferroserve's kernels"
+    b.backend = "opencl"
+    b.instances = dict(count=1, device="opencl:0")
+    b.tags = dict(onnx_bundle.tags, backend="opencl")
+    return b
+
+
 def toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -591,7 +606,7 @@ def bundle_toml(b: Bundle) -> str:
     lines = [
         f"name = {toml_value(b.name)}",
         f"description = {toml_value(b.description)}",
-        'backend = "onnx"',
+        f"backend = {toml_value(b.backend)}",
         'model = "model.onnx"',
     ]
     if b.warmup is not None:
@@ -1411,10 +1426,15 @@ def main(argv: list[str]) -> int:
     # the earlier models' weights unchanged.
     rng = np.random.default_rng(SEED)
     builders = [build_mlp, build_multi_io, build_conv, build_strings, build_dtypes, build_seq_sum]
+    built = {}
     for build in builders:
-        write_bundle(args.out, build(rng))
+        b = build(rng)
+        built[b.name] = b
+        write_bundle(args.out, b)
 
     extra = build_extra_bundles()
+    extra["mlp-opencl"] = build_opencl_bundle(built["mlp"])
+    extra["conv-opencl"] = build_opencl_bundle(built["conv"])
     for dir_name, b in extra.items():
         write_bundle_dir(args.bundles_out / dir_name, b)
     flaky_dir, bad_dir = args.bundles_out / "flaky", args.bundles_out / "flaky-badwarmup"

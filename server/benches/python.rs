@@ -44,7 +44,6 @@ mod settings;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -108,17 +107,7 @@ impl Bench {
     fn new() -> Result<Bench> {
         let workspace = settings::workspace()?;
         let (measure, warmup) = settings::measure_and_warmup()?;
-        let python = match std::env::var_os("FERROSERVE_PYTHON") {
-            Some(p) => PathBuf::from(p),
-            None => workspace.join(".venv").join("bin").join("python"),
-        };
-        if !python.exists() {
-            bail!(
-                "{} is missing: create the environment with scripts/setup-env.sh \
-                 (scripts/bench-python.sh does) or set FERROSERVE_PYTHON",
-                python.display()
-            );
-        }
+        let python = settings::python(&workspace, "scripts/bench-python.sh")?;
         let repo_dir = tempfile::tempdir()?;
         let examples = workspace.join("examples");
         for (from, name) in [
@@ -555,22 +544,8 @@ impl Bench {
     }
 
     fn start_ferroserve(&self) -> Result<ServerProcess> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferroserve"));
-        cmd.current_dir(&self.workspace)
-            .args(["serve", "--repo"])
-            .arg(&self.repo)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--http-port",
-                "0",
-                "--grpc-port",
-                "0",
-                "--python",
-            ])
-            .arg(&self.python)
-            .env("RUST_LOG", "warn,ferroserve=info")
-            .envs(BLAS_THREADS);
+        let mut cmd = settings::serve_command(&self.workspace, &self.repo);
+        cmd.arg("--python").arg(&self.python).envs(BLAS_THREADS);
         let server = ServerProcess::start(
             "ferroserve",
             cmd,

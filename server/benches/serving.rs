@@ -495,19 +495,7 @@ impl Bench {
     }
 
     fn start_ferroserve(&self) -> Result<ServerProcess> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferroserve"));
-        cmd.current_dir(&self.workspace)
-            .args(["serve", "--repo"])
-            .arg(&self.repo)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--http-port",
-                "0",
-                "--grpc-port",
-                "0",
-            ])
-            .env("RUST_LOG", "warn,ferroserve=info");
+        let cmd = settings::serve_command(&self.workspace, &self.repo);
         let server = ServerProcess::start(
             "ferroserve",
             cmd,

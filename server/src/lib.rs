@@ -16,6 +16,7 @@ pub mod loadgen;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
+pub mod opencl_cli;
 pub mod profiler;
 pub mod registry;
 pub mod repository;

@@ -92,6 +92,12 @@ enum Command {
     /// instances and concurrency on a loopback server within --budget,
     /// samples CPU and memory, and writes a JSON and an HTML report.
     Profile(ferroserve::profiler::ProfileArgs),
+    /// OpenCL devices and kernels: list devices, build a program binary for
+    /// a bundle, or write the kernel source for an FPGA offline compiler.
+    Opencl {
+        #[command(subcommand)]
+        command: ferroserve::opencl_cli::OpenclCommand,
+    },
 }
 
 /// The Python backend's settings (entry-script bundles), for `serve` and
@@ -337,6 +343,10 @@ fn main() -> Result<()> {
             ferroserve::loadgen::run(a)?;
             Ok(())
         }
+        Command::Opencl { command } => {
+            ferroserve::opencl_cli::run(command)?;
+            Ok(())
+        }
         Command::Repo { command } => {
             if registry::cli::run_repo(command)? {
                 Ok(())
@@ -469,6 +479,12 @@ fn serve(args: ServeArgs) -> Result<()> {
         args.alias.clone(),
         registry_ok,
     ));
+    // SIGTERM/SIGINT handlers go in before any model loads: an OpenCL
+    // driver may bring LLVM, which installs its own handlers for these
+    // signals. Installed after it, ours would chain to LLVM's, which
+    // restores the default action and re-raises: the process would die
+    // instead of draining. Installed before, LLVM chains to ours.
+    let signals = rt.block_on(async { ShutdownSignals::install() })?;
     // Every endpoint loads and warms up before the ports open; a
     // deployment that fails stops start-up, as a broken bundle stops
     // Triton's (later changes that fail leave the old version serving).
@@ -551,7 +567,7 @@ fn serve(args: ServeArgs) -> Result<()> {
                 max_message_bytes: args.max_grpc_message_bytes,
             },
         );
-        let signal = shutdown_signal(Arc::clone(&state));
+        let signal = shutdown_signal(signals, Arc::clone(&state));
         let state_for_signal = Arc::clone(&state);
         tokio::join!(
             ferroserve::http::serve(http, Arc::clone(&state), &conn_opts, stopped(), grace),
@@ -626,13 +642,27 @@ fn warn_if_few_file_descriptors(max_connections: u64) {
     }
 }
 
+/// The SIGTERM and SIGINT streams, registered once at start-up.
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> Result<ShutdownSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignals {
+            term: signal(SignalKind::terminate()).context("installing a SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing a SIGINT handler")?,
+        })
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT, after marking the server not ready.
-async fn shutdown_signal(state: Arc<AppState>) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
+async fn shutdown_signal(mut signals: ShutdownSignals, state: Arc<AppState>) {
     tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
+        _ = signals.term.recv() => {},
+        _ = signals.int.recv() => {},
     }
     state.ready.store(false, Ordering::Release);
     tracing::info!("shutdown signal received: no longer ready, draining in-flight requests");

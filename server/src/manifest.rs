@@ -67,6 +67,23 @@ struct RawManifest {
     tags: BTreeMap<String, String>,
     #[serde(default)]
     python: Option<RawPython>,
+    #[serde(default)]
+    opencl: Option<RawOpencl>,
+}
+
+/// `[opencl]`, for `backend = "opencl"` bundles: which device by name (when
+/// `instances.device` is plain `"opencl"`), and precompiled program binaries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOpencl {
+    #[serde(default)]
+    platform: Option<String>,
+    #[serde(default)]
+    device: Option<String>,
+    /// Device-name pattern -> program binary file in the bundle (an FPGA
+    /// `.aocx`/`.xclbin`, or `ferroserve opencl build-binary` output).
+    #[serde(default)]
+    binaries: BTreeMap<String, String>,
 }
 
 /// `[python]`, for `backend = "python"` bundles.
@@ -167,6 +184,8 @@ pub struct Manifest {
     pub warmup: Option<PathBuf>,
     /// `backend = "python"` only.
     pub python: Option<PythonSettings>,
+    /// `backend = "opencl"` only: the device and any program binaries.
+    pub opencl: Option<ferroserve_backend_opencl::LoadSpec>,
     pub declared: Signature,
     pub batching: Batching,
     pub instances: Instances,
@@ -212,15 +231,6 @@ impl Manifest {
                 format!(
                     "expected a non-empty name without '/' or spaces, got {:?}",
                     raw.name
-                ),
-            ));
-        }
-        if raw.backend == BackendKind::Opencl {
-            return Err(err(
-                "backend".into(),
-                format!(
-                    "backend {:?} is not available in this build; expected \"onnx\" or \"python\"",
-                    raw.backend.to_string()
                 ),
             ));
         }
@@ -416,12 +426,13 @@ impl Manifest {
             }
             (_, None) => None,
         };
-        if raw.instances.device != "cpu" {
+        let opencl = opencl_settings(&raw, &model_path, dir).map_err(|(k, p)| err(k, p))?;
+        if raw.backend != BackendKind::Opencl && raw.instances.device != "cpu" {
             return Err(err(
                 "instances.device".into(),
                 format!(
-                    "expected \"cpu\" for an onnx bundle in this build, got {:?}",
-                    raw.instances.device
+                    "expected \"cpu\" for a {} bundle, got {:?} (\"opencl:N\" needs backend = \"opencl\")",
+                    raw.backend, raw.instances.device
                 ),
             ));
         }
@@ -434,6 +445,7 @@ impl Manifest {
             model_path,
             warmup,
             python,
+            opencl,
             declared,
             batching: raw.batching,
             instances: raw.instances,
@@ -586,6 +598,99 @@ fn read_labels(dir: &Path, file_name: &str) -> Result<Vec<String>, String> {
         .collect())
 }
 
+/// Reads `instances.device` and `[opencl]` for an opencl bundle; refuses
+/// `[opencl]` on any other.
+fn opencl_settings(
+    raw: &RawManifest,
+    model_path: &Path,
+    dir: &Path,
+) -> Result<Option<ferroserve_backend_opencl::LoadSpec>, (String, String)> {
+    use ferroserve_backend_opencl::{DeviceSelector, LoadSpec};
+    if raw.backend != BackendKind::Opencl {
+        return match raw.opencl {
+            Some(_) => Err((
+                "opencl".into(),
+                format!(
+                    "[opencl] only applies to backend = \"opencl\", this bundle's backend is {:?}",
+                    raw.backend.to_string()
+                ),
+            )),
+            None => Ok(None),
+        };
+    }
+    let settings = raw.opencl.clone().unwrap_or(RawOpencl {
+        platform: None,
+        device: None,
+        binaries: BTreeMap::new(),
+    });
+    let device = raw.instances.device.as_str();
+    let by_name = settings.platform.is_some() || settings.device.is_some();
+    let selector = match device.strip_prefix("opencl") {
+        Some("") => DeviceSelector::Name {
+            platform: settings.platform.clone(),
+            device: settings.device.clone(),
+        },
+        Some(n) if by_name => {
+            return Err((
+                "instances.device".into(),
+                format!(
+                    "{device:?} picks a device by number, but [opencl] also names one by platform/device; use device = \"opencl\" with the names, or drop them (got {n:?})"
+                ),
+            ))
+        }
+        Some(n) => match n.strip_prefix(':').and_then(|i| i.parse::<usize>().ok()) {
+            Some(i) => DeviceSelector::Index(i),
+            None => {
+                return Err((
+                    "instances.device".into(),
+                    format!("expected \"opencl\" or \"opencl:N\" (N a device number from `ferroserve opencl devices`), got {device:?}"),
+                ))
+            }
+        },
+        None => {
+            return Err((
+                "instances.device".into(),
+                format!("expected \"opencl\" or \"opencl:N\" for an opencl bundle, got {device:?}"),
+            ))
+        }
+    };
+    let mut binaries = Vec::new();
+    for (pattern, file) in &settings.binaries {
+        // A binary is part of the bundle: copied, hashed and versioned with
+        // it. A path leaving the folder would be none of that.
+        let inside = Path::new(file).components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        });
+        if !inside {
+            return Err((
+                format!("opencl.binaries.{pattern:?}"),
+                format!("expected a file inside the bundle folder, got {file:?}"),
+            ));
+        }
+        let path = dir.join(file);
+        if !path.is_file() {
+            return Err((
+                format!("opencl.binaries.{pattern:?}"),
+                format!("program binary {file:?} not found at {}", path.display()),
+            ));
+        }
+        binaries.push((pattern.clone(), path));
+    }
+    Ok(Some(LoadSpec {
+        model: model_path.to_path_buf(),
+        device: selector,
+        binaries,
+        // The ferroserve binary checks a program binary in a child process
+        // (not a test harness that links this crate: it has no such command).
+        binary_probe: std::env::current_exe()
+            .ok()
+            .filter(|p| p.file_stem().is_some_and(|s| s == "ferroserve")),
+    }))
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -615,5 +720,112 @@ mod tests {
             e.contains("\"missing.txt\"") && e.contains("not found"),
             "{e}"
         );
+    }
+
+    fn opencl_manifest(extra: &str) -> Result<Manifest, ManifestError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.onnx"), b"not read here").unwrap();
+        std::fs::write(dir.path().join("k.bin"), b"binary").unwrap();
+        std::fs::write(
+            dir.path().join(MANIFEST_FILE),
+            format!("name = \"m\"\nbackend = \"opencl\"\nmodel = \"model.onnx\"\n{extra}"),
+        )
+        .unwrap();
+        Manifest::load(dir.path())
+    }
+
+    #[test]
+    fn opencl_devices_by_number_or_by_name() {
+        use ferroserve_backend_opencl::DeviceSelector;
+        let m = opencl_manifest("[instances]\ndevice = \"opencl:1\"\n").unwrap();
+        let spec = m.opencl.unwrap();
+        assert_eq!(spec.device, DeviceSelector::Index(1));
+        assert!(spec.binaries.is_empty());
+        let m = opencl_manifest(
+            "[instances]\ndevice = \"opencl\"\n[opencl]\nplatform = \"PoCL\"\ndevice = \"skylake\"\n[opencl.binaries]\n\"Agilex\" = \"k.bin\"\n",
+        )
+        .unwrap();
+        let spec = m.opencl.unwrap();
+        assert_eq!(
+            spec.device,
+            DeviceSelector::Name {
+                platform: Some("PoCL".into()),
+                device: Some("skylake".into())
+            }
+        );
+        assert_eq!(spec.binaries.len(), 1);
+        assert_eq!(spec.binaries[0].0, "Agilex");
+        assert!(spec.binaries[0].1.ends_with("k.bin"));
+    }
+
+    #[test]
+    fn opencl_settings_refused_by_name() {
+        let cases = [
+            (
+                "",
+                "instances.device",
+                "expected \"opencl\" or \"opencl:N\"",
+            ),
+            (
+                "[instances]\ndevice = \"opencl:x\"\n",
+                "instances.device",
+                "got \"opencl:x\"",
+            ),
+            (
+                "[instances]\ndevice = \"opencl:0\"\n[opencl]\ndevice = \"gpu\"\n",
+                "instances.device",
+                "picks a device by number",
+            ),
+            (
+                "[instances]\ndevice = \"opencl:0\"\n[opencl.binaries]\n\"x\" = \"missing.aocx\"\n",
+                "opencl.binaries.\"x\"",
+                "\"missing.aocx\" not found",
+            ),
+            (
+                "[instances]\ndevice = \"opencl:0\"\n[opencl.binaries]\n\"x\" = \"../k.bin\"\n",
+                "opencl.binaries.\"x\"",
+                "inside the bundle folder, got \"../k.bin\"",
+            ),
+            (
+                "[instances]\ndevice = \"opencl:0\"\n[opencl.binaries]\n\"x\" = \"/etc/passwd\"\n",
+                "opencl.binaries.\"x\"",
+                "inside the bundle folder",
+            ),
+            (
+                "[instances]\ndevice = \"opencl:0\"\n[opencl]\nboard = \"x\"\n",
+                "line",
+                "unknown field `board`",
+            ),
+        ];
+        for (extra, key, text) in cases {
+            let e = opencl_manifest(extra).unwrap_err();
+            assert!(e.key.starts_with(key), "{extra:?}: {e}");
+            assert!(e.problem.contains(text), "{extra:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn opencl_section_only_on_opencl_bundles() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.onnx"), b"x").unwrap();
+        std::fs::write(
+            dir.path().join(MANIFEST_FILE),
+            "name = \"m\"\nbackend = \"onnx\"\nmodel = \"model.onnx\"\n[opencl]\ndevice = \"x\"\n",
+        )
+        .unwrap();
+        let e = Manifest::load(dir.path()).unwrap_err();
+        assert_eq!(e.key, "opencl");
+        assert!(
+            e.problem.contains("only applies to backend = \"opencl\""),
+            "{e}"
+        );
+        std::fs::write(
+            dir.path().join(MANIFEST_FILE),
+            "name = \"m\"\nbackend = \"onnx\"\nmodel = \"model.onnx\"\n[instances]\ndevice = \"opencl:0\"\n",
+        )
+        .unwrap();
+        let e = Manifest::load(dir.path()).unwrap_err();
+        assert_eq!(e.key, "instances.device");
+        assert!(e.problem.contains("needs backend = \"opencl\""), "{e}");
     }
 }

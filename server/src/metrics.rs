@@ -4,7 +4,7 @@
 //! from a request.
 
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    exponential_buckets, CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -44,6 +44,10 @@ pub struct Metrics {
     pub mirror_requests: IntCounterVec,
     /// Mirrored copies dropped because too many were in flight.
     pub mirror_dropped: IntCounterVec,
+    /// Device time per kernel, from the backend's profiling events (OpenCL).
+    pub device_kernel_seconds: CounterVec,
+    /// Kernel launches, from the same events.
+    pub device_kernel_launches: IntCounterVec,
 }
 
 impl Metrics {
@@ -173,8 +177,34 @@ impl Metrics {
             &["endpoint", "deployment"],
         )
         .expect("valid metric");
+        let kernel_labels = &[
+            "model",
+            "version",
+            "endpoint",
+            "deployment",
+            "device",
+            "kernel",
+        ];
+        let device_kernel_seconds = CounterVec::new(
+            Opts::new(
+                "ferroserve_device_kernel_seconds_total",
+                "Device time per kernel as the device's profiling events measured it (OpenCL); upload and download are the input and output transfers",
+            ),
+            kernel_labels,
+        )
+        .expect("valid metric");
+        let device_kernel_launches = IntCounterVec::new(
+            Opts::new(
+                "ferroserve_device_kernel_launches_total",
+                "Kernel launches (and transfers) per kernel, from the device's profiling events",
+            ),
+            kernel_labels,
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(device_kernel_seconds.clone()),
+            Box::new(device_kernel_launches.clone()),
             Box::new(request_duration.clone()),
             Box::new(queue_duration.clone()),
             Box::new(compute_duration.clone()),
@@ -216,6 +246,8 @@ impl Metrics {
             event_subscribers,
             mirror_requests,
             mirror_dropped,
+            device_kernel_seconds,
+            device_kernel_launches,
         }
     }
 
@@ -241,10 +273,48 @@ pub struct ModelMetrics {
     pub inflight: prometheus::IntGauge,
     /// For the rare failure outcomes, looked up when they happen.
     requests: IntCounterVec,
+    kernel_seconds: CounterVec,
+    kernel_launches: IntCounterVec,
+    /// What this model's backend had reached at the last export, per
+    /// kernel: a reloaded deployment has the same labels but restarts its
+    /// totals from zero, so deltas are taken against this, not the counter.
+    kernels_exported: std::sync::Mutex<std::collections::HashMap<&'static str, (u64, u64)>>,
     labels: [String; 4],
 }
 
 impl ModelMetrics {
+    /// Brings the kernel-time counters up to the backend's running totals.
+    /// Called when `/metrics` is scraped: the backend sums in its own
+    /// structure, so the batch path never touches the Prometheus registry.
+    pub fn export_device_timings(&self, timings: &ferroserve_backend_core::DeviceTimings) {
+        let [m, v, e, d] = &self.labels;
+        let mut exported = self
+            .kernels_exported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (kernel, stat) in timings.snapshot() {
+            let labels = [
+                m.as_str(),
+                v.as_str(),
+                e.as_str(),
+                d.as_str(),
+                timings.device(),
+                kernel,
+            ];
+            let last = exported.entry(kernel).or_default();
+            let nanos = stat.nanos.saturating_sub(last.1);
+            if nanos > 0 {
+                self.kernel_seconds
+                    .with_label_values(&labels)
+                    .inc_by(nanos as f64 / 1e9);
+            }
+            self.kernel_launches
+                .with_label_values(&labels)
+                .inc_by(stat.launches.saturating_sub(last.0));
+            *last = (stat.launches, stat.nanos);
+        }
+    }
+
     pub fn failure(&self, outcome: &str) {
         let [m, v, e, d] = &self.labels;
         self.requests
@@ -279,6 +349,9 @@ impl Metrics {
             queue_depth: self.queue_depth.with_label_values(&mv),
             inflight: self.inflight.with_label_values(&mv),
             requests: self.requests.clone(),
+            kernel_seconds: self.device_kernel_seconds.clone(),
+            kernel_launches: self.device_kernel_launches.clone(),
+            kernels_exported: Default::default(),
             labels: mv.map(str::to_string),
         }
     }

@@ -39,6 +39,8 @@ pub struct Model {
     scheduler: Scheduler,
     /// Python bundles: whether their workers' `init()` succeeded.
     python_status: Option<Arc<PoolStatus>>,
+    /// Per-kernel device time, for backends that measure it (OpenCL).
+    pub device_timings: Option<Arc<ferroserve_backend_core::DeviceTimings>>,
 }
 
 impl Model {
@@ -112,9 +114,28 @@ impl Model {
                 backends.extend(workers.into_iter().map(|w| Box::new(w) as Box<dyn Backend>));
                 python_status = Some(status);
             }
-            other => unreachable!("manifest validation refuses backend {other}"),
+            BackendKind::Opencl => {
+                let spec = manifest
+                    .opencl
+                    .as_ref()
+                    .expect("manifest validation fills [opencl] for opencl bundles");
+                // One load compiles (or fetches) the program and uploads the
+                // weights; each instance gets its own queue and buffers.
+                let model = ferroserve_backend_opencl::OpenClModel::load(spec)?;
+                tracing::info!(
+                    model = %manifest.name,
+                    version,
+                    device = model.device_name(),
+                    program = %model.program_origin,
+                    "OpenCL model loaded"
+                );
+                for _ in 0..manifest.instances.count {
+                    backends.push(Box::new(model.session()?));
+                }
+            }
         }
         let signature = manifest.reconcile(backends[0].signature())?;
+        let device_timings = backends[0].device_timings();
         let version_label = version.to_string();
         let model_metrics =
             metrics.for_deployment(&manifest.name, &version_label, endpoint, deployment);
@@ -143,6 +164,7 @@ impl Model {
             metrics: model_metrics,
             scheduler,
             python_status,
+            device_timings,
         })
     }
 

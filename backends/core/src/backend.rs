@@ -1,4 +1,6 @@
-use crate::{DataType, Tensor};
+use std::sync::Arc;
+
+use crate::{DataType, DeviceTimings, Tensor};
 
 /// A named input or output: what a model accepts or produces.
 ///
@@ -41,4 +43,10 @@ pub trait Backend: Send {
     /// Runs one batch. `inputs` follow `signature().inputs` in order; the
     /// result follows `signature().outputs` in order.
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError>;
+
+    /// Per-kernel device time, for backends that can measure their device.
+    /// The server exports it in `/metrics`; the scheduler never looks.
+    fn device_timings(&self) -> Option<Arc<DeviceTimings>> {
+        None
+    }
 }

@@ -7,7 +7,9 @@
 mod backend;
 mod dtype;
 mod tensor;
+mod timings;
 
 pub use backend::{Backend, BackendError, Signature, TensorSpec};
 pub use dtype::DataType;
 pub use tensor::{Tensor, TensorError};
+pub use timings::{DeviceTimings, KernelStat};

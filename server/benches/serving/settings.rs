@@ -10,6 +10,43 @@ use serde_json::{json, Map, Value};
 
 use crate::cpu::CpuUse;
 
+/// `ferroserve serve` of `repo` on ephemeral loopback ports, run from the
+/// workspace; callers add their own flags and environment.
+pub fn serve_command(workspace: &Path, repo: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferroserve"));
+    cmd.current_dir(workspace)
+        .args(["serve", "--repo"])
+        .arg(repo)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+        ])
+        .env("RUST_LOG", "warn,ferroserve=info");
+    cmd
+}
+
+/// `FERROSERVE_PYTHON`, else the workspace's `.venv/bin/python`; `script`
+/// is the bench script that creates the environment, for the message.
+#[allow(dead_code)] // not every benchmark runs Python
+pub fn python(workspace: &Path, script: &str) -> Result<PathBuf> {
+    let python = match std::env::var_os("FERROSERVE_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => workspace.join(".venv").join("bin").join("python"),
+    };
+    if !python.exists() {
+        anyhow::bail!(
+            "{} is missing: create the environment with scripts/setup-env.sh \
+             ({script} does) or set FERROSERVE_PYTHON",
+            python.display()
+        );
+    }
+    Ok(python)
+}
+
 pub fn workspace() -> Result<PathBuf> {
     Ok(Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -204,6 +204,9 @@ fn model_metadata(name: &str, version: Option<&str>, s: &Served) -> Response<Bod
 fn metrics(state: &AppState) -> Response<Body> {
     for m in state.routes.models() {
         m.metrics.queue_depth.set(m.queue_depth() as i64);
+        if let Some(t) = &m.device_timings {
+            m.metrics.export_device_timings(t);
+        }
     }
     let mut r = Response::new(Body::new(Bytes::from(state.metrics.render())));
     r.headers_mut().insert(

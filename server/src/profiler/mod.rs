@@ -9,6 +9,7 @@
 //! the management API (a hot swap), so the sweep measures the real serving
 //! path and never touches the user's registry.
 
+pub mod device;
 pub mod recommend;
 pub mod report;
 pub mod sampler;
@@ -288,7 +289,14 @@ pub fn run(args: ProfileArgs) -> Result<(Report, PathBuf), ProfileError> {
     let per_run = Duration::from_secs_f64(per_run);
     let warmup = (per_run / 5).min(Duration::from_millis(500));
 
+    let kernel_totals = |rt: &tokio::runtime::Runtime| -> device::Totals {
+        match rt.block_on(http(addr, &RequestSpec::get("/metrics".to_string()))) {
+            Ok((200, body)) => device::Totals::parse(&String::from_utf8_lossy(&body), &args.model),
+            _ => device::Totals::default(),
+        }
+    };
     let origin = Instant::now();
+    let profile_start = kernel_totals(&rt);
     let sampler = sampler::Sampler::start(pid, origin, Duration::from_millis(100));
     let own_server = server.is_some();
     let model = args.model.clone();
@@ -341,6 +349,7 @@ pub fn run(args: ProfileArgs) -> Result<(Report, PathBuf), ProfileError> {
         Ok(())
     };
     let measure = |c: &Config, concurrency: usize| -> Result<Run, ProfileError> {
+        let kernels_before = kernel_totals(&rt);
         let started = origin.elapsed().as_secs_f64();
         let specs = Arc::clone(&specs);
         let report = rt
@@ -352,6 +361,7 @@ pub fn run(args: ProfileArgs) -> Result<(Report, PathBuf), ProfileError> {
             )
             .map_err(|e| err(e.to_string()))?;
         let ended = origin.elapsed().as_secs_f64();
+        let device_seconds = kernel_totals(&rt).seconds_since(&kernels_before);
         let window: Vec<sampler::Sample> = sampler
             .samples()
             .into_iter()
@@ -375,6 +385,7 @@ pub fn run(args: ProfileArgs) -> Result<(Report, PathBuf), ProfileError> {
             rss_peak_bytes: rss,
             started_s: started,
             duration_s: ended - started,
+            device_seconds,
         };
         eprintln!(
             "  instances {} batch {:>3} delay {:>5} µs  c={:<3} {:>9.1} req/s  p99 {:>8.3} ms  {:.2} cores  {:.0} MiB{}",
@@ -424,6 +435,7 @@ pub fn run(args: ProfileArgs) -> Result<(Report, PathBuf), ProfileError> {
             }
         }
     }
+    let device = kernel_totals(&rt).profile_since(&profile_start);
     let timeline: Vec<report::TimelinePoint> =
         sampler.samples().into_iter().map(Into::into).collect();
     drop(sampler);
@@ -444,6 +456,7 @@ pub fn run(args: ProfileArgs) -> Result<(Report, PathBuf), ProfileError> {
         runs,
         timeline,
         recommendation,
+        device,
     };
     let out = match &args.out {
         Some(o) => o.clone(),

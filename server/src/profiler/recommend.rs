@@ -31,6 +31,10 @@ pub struct Run {
     pub rss_peak_bytes: u64,
     pub started_s: f64,
     pub duration_s: f64,
+    /// Device time the model's kernels took during the run (backends that
+    /// measure their device, such as OpenCL); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

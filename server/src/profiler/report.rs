@@ -21,6 +21,10 @@ pub struct Report {
     pub runs: Vec<Run>,
     pub timeline: Vec<TimelinePoint>,
     pub recommendation: Option<Recommendation>,
+    /// Per-kernel device time over the whole profile, for backends that
+    /// measure their device (OpenCL); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<super::device::DeviceProfile>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,6 +145,31 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// The kernel table, for models whose backend measures its device.
+fn device_table(r: &Report) -> String {
+    let Some(d) = &r.device else {
+        return String::new();
+    };
+    let mut rows = String::new();
+    for k in &d.kernels {
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.1}</td><td>{:.1}%</td></tr>",
+            escape(&k.kernel),
+            k.launches,
+            k.seconds,
+            k.mean_us,
+            100.0 * k.share
+        );
+    }
+    format!(
+        "<h2>Device kernels</h2><p>{} s of device time on {} (OpenCL profiling events; upload and download are the transfers).</p>\
+         <table><tr><th>kernel</th><th>launches</th><th>seconds</th><th>mean µs</th><th>share</th></tr>{rows}</table>",
+        format_args!("{:.3}", d.seconds),
+        escape(&d.device)
+    )
+}
+
 /// The HTML report.
 pub fn html(r: &Report) -> String {
     let mut configs: Vec<Config> = Vec::new();
@@ -214,9 +243,10 @@ pub fn html(r: &Report) -> String {
     for x in &r.runs {
         let _ = write!(
             rows,
-            "<tr><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.3}</td><td>{:.3}</td><td>{:.2}</td><td>{:.1}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.3}</td><td>{:.3}</td><td>{:.2}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
             escape(&label(&x.config)), x.concurrency, x.throughput, x.p50_ms, x.p99_ms, x.cpu_cores_peak,
-            x.rss_peak_bytes as f64 / 1048576.0, x.errors
+            x.rss_peak_bytes as f64 / 1048576.0, x.errors,
+            x.device_seconds.map_or_else(|| "-".to_string(), |d| format!("{:.0}%", 100.0 * d / x.duration_s.max(1e-9)))
         );
     }
     let rec = match &r.recommendation {
@@ -237,8 +267,9 @@ pub fn html(r: &Report) -> String {
          <style>body{{font-family:sans-serif;max-width:980px;margin:2em auto}}td,th{{padding:2px 8px;text-align:right}}</style></head>\
          <body><h1>Profile of {m} version {v}</h1><p>{cores} cores, budget {b:.0} s, p99 SLO {slo} ms, {n} runs.</p>{rec}\
          <h2>Charts</h2><ul>{legend}</ul>{throughput}{p99}{cpu}{mem}\
-         <h2>Runs</h2><table><tr><th>configuration</th><th>concurrency</th><th>req/s</th><th>p50 ms</th><th>p99 ms</th><th>peak cores</th><th>peak MiB</th><th>errors</th></tr>{rows}</table>\
-         </body></html>",
-        m = escape(&r.model), v = r.version, cores = r.cores, b = r.budget_s, slo = r.slo_p99_ms, n = r.runs.len()
+         <h2>Runs</h2><table><tr><th>configuration</th><th>concurrency</th><th>req/s</th><th>p50 ms</th><th>p99 ms</th><th>peak cores</th><th>peak MiB</th><th>errors</th><th>device busy</th></tr>{rows}</table>\
+         {device}</body></html>",
+        m = escape(&r.model), v = r.version, cores = r.cores, b = r.budget_s, slo = r.slo_p99_ms, n = r.runs.len(),
+        device = device_table(r)
     )
 }

@@ -1,0 +1,636 @@
+//! An ONNX model read into the graph this backend runs, with every node
+//! checked at load time.
+//!
+//! Checking here, not when a request arrives, is the point: a model with an
+//! operator or attribute we cannot run is refused at `register`/load with the
+//! node named, instead of failing its first request in production.
+
+use std::collections::HashMap;
+
+use ferroserve_backend_core::{DataType, TensorSpec};
+use prost::Message;
+
+use crate::onnx::{self, attribute_type, data_type};
+use crate::ops::{self, Op};
+
+/// Index of a value (a tensor name) in [`Graph::names`].
+pub type ValueId = usize;
+
+/// Constant data the host keeps: initializers and `Constant` outputs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostData {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Constant {
+    pub shape: Vec<usize>,
+    pub data: HostData,
+}
+
+/// Element types a value may have: FP32 values live on the device; INT64
+/// values (Reshape's target shape) live on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    F32,
+    I64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub name: String,
+    pub op: Op,
+    pub inputs: Vec<Option<ValueId>>,
+    pub outputs: Vec<ValueId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Graph {
+    pub names: Vec<String>,
+    pub kinds: Vec<Kind>,
+    pub constants: HashMap<ValueId, Constant>,
+    /// Inputs a caller provides (graph inputs that are not initializers).
+    pub inputs: Vec<(ValueId, TensorSpec)>,
+    pub outputs: Vec<(ValueId, TensorSpec)>,
+    pub nodes: Vec<Node>,
+}
+
+/// Why a model cannot be run by this backend. Messages name the node, the
+/// operator and what was expected, so the author knows what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphError {
+    #[error("not a valid ONNX model: {0}")]
+    Decode(String),
+    #[error("unsupported operator {op:?} (node {node:?}); the OpenCL backend supports {}", crate::SUPPORTED_OPS.join(", "))]
+    UnsupportedOp { op: String, node: String },
+    #[error("node {node:?} ({op}): {problem}")]
+    Node {
+        node: String,
+        op: String,
+        problem: String,
+    },
+    #[error("{0}")]
+    Model(String),
+}
+
+impl Graph {
+    pub fn decode(bytes: &[u8]) -> Result<Graph, GraphError> {
+        let model =
+            onnx::ModelProto::decode(bytes).map_err(|e| GraphError::Decode(e.to_string()))?;
+        let opset = model
+            .opset_import
+            .iter()
+            .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+            .map_or(1, |o| o.version);
+        let graph = model
+            .graph
+            .ok_or_else(|| GraphError::Decode("the model has no graph".into()))?;
+        Builder::default().build(graph, opset)
+    }
+
+    pub fn value(&self, id: ValueId) -> &str {
+        &self.names[id]
+    }
+}
+
+#[derive(Default)]
+struct Builder {
+    names: Vec<String>,
+    kinds: Vec<Kind>,
+    ids: HashMap<String, ValueId>,
+    constants: HashMap<ValueId, Constant>,
+}
+
+impl Builder {
+    fn id(&mut self, name: &str, kind: Kind) -> ValueId {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = self.names.len();
+        self.names.push(name.to_string());
+        self.kinds.push(kind);
+        self.ids.insert(name.to_string(), id);
+        id
+    }
+
+    fn build(mut self, graph: onnx::GraphProto, opset: i64) -> Result<Graph, GraphError> {
+        // Operators first: a model with an operator we lack cannot be fixed
+        // by changing its dtypes, so that is what its author should hear.
+        for (index, n) in graph.node.iter().enumerate() {
+            let default_domain = n.domain.is_empty() || n.domain == "ai.onnx";
+            if !default_domain || !crate::SUPPORTED_OPS.contains(&n.op_type.as_str()) {
+                return Err(GraphError::UnsupportedOp {
+                    op: if default_domain {
+                        n.op_type.clone()
+                    } else {
+                        format!("{}.{}", n.domain, n.op_type)
+                    },
+                    node: node_name(n, index),
+                });
+            }
+        }
+        for t in &graph.initializer {
+            let c = constant_from_proto(t)
+                .map_err(|p| GraphError::Model(format!("initializer {:?}: {p}", t.name)))?;
+            let kind = match c.data {
+                HostData::F32(_) => Kind::F32,
+                HostData::I64(_) => Kind::I64,
+            };
+            let id = self.id(&t.name, kind);
+            self.constants.insert(id, c);
+        }
+        let mut inputs = Vec::new();
+        for vi in &graph.input {
+            if self.ids.contains_key(&vi.name) {
+                continue; // an initializer that is also listed as an input
+            }
+            let spec = tensor_spec(vi, "input")?;
+            let kind = match spec.dtype {
+                DataType::Fp32 => Kind::F32,
+                DataType::Int64 => Kind::I64,
+                other => unreachable!("tensor_spec admits FP32 and INT64 only, got {other}"),
+            };
+            let id = self.id(&vi.name, kind);
+            inputs.push((id, spec));
+        }
+        let mut nodes = Vec::new();
+        for (index, n) in graph.node.iter().enumerate() {
+            let name = node_name(n, index);
+            let node_err = |problem: String| GraphError::Node {
+                node: name.clone(),
+                op: n.op_type.clone(),
+                problem,
+            };
+            let attrs = Attrs::new(&n.attribute).map_err(&node_err)?;
+            if n.op_type == "Constant" {
+                let c = ops::constant(&attrs).map_err(&node_err)?;
+                let out = n
+                    .output
+                    .first()
+                    .ok_or_else(|| node_err("has no output".into()))?;
+                let kind = match c.data {
+                    HostData::F32(_) => Kind::F32,
+                    HostData::I64(_) => Kind::I64,
+                };
+                let id = self.id(out, kind);
+                self.constants.insert(id, c);
+                continue;
+            }
+            let op = ops::parse(&n.op_type, &attrs, opset).map_err(&node_err)?;
+            attrs.check_all_used().map_err(&node_err)?;
+            let mut ins = Vec::with_capacity(n.input.len());
+            for (slot, input) in n.input.iter().enumerate() {
+                if input.is_empty() {
+                    ins.push(None);
+                    continue;
+                }
+                let Some(&id) = self.ids.get(input) else {
+                    return Err(node_err(format!(
+                        "input {input:?} is neither a graph input, an initializer nor the output of an earlier node"
+                    )));
+                };
+                let want = op.input_kind(slot);
+                if self.kinds[id] != want && !(matches!(op, Op::Identity)) {
+                    return Err(node_err(format!(
+                        "input {slot} ({input:?}) is {}, expected {}",
+                        kind_name(self.kinds[id]),
+                        kind_name(want)
+                    )));
+                }
+                ins.push(Some(id));
+            }
+            let (min, max) = op.input_arity();
+            let given = ins.iter().rposition(|i| i.is_some()).map_or(0, |p| p + 1);
+            if given < min || given > max || ins[..min].iter().any(|i| i.is_none()) {
+                return Err(node_err(format!(
+                    "expected {} inputs, got {given}",
+                    if min == max {
+                        min.to_string()
+                    } else {
+                        format!("{min} to {max}")
+                    }
+                )));
+            }
+            let outputs_used: Vec<&String> = n.output.iter().filter(|o| !o.is_empty()).collect();
+            if outputs_used.len() != 1 || n.output[0].is_empty() {
+                return Err(node_err(format!(
+                    "expected exactly one output, got {} ({}); optional outputs such as MaxPool's Indices or training-mode BatchNormalization's statistics are not supported",
+                    outputs_used.len(),
+                    outputs_used
+                        .iter()
+                        .map(|o| format!("{o:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            let out_kind = match op {
+                Op::Identity => ins[0].map_or(Kind::F32, |i| self.kinds[i]),
+                _ => Kind::F32,
+            };
+            let out = self.id(&n.output[0], out_kind);
+            nodes.push(Node {
+                name,
+                op,
+                inputs: ins,
+                outputs: vec![out],
+            });
+        }
+        let mut outputs = Vec::new();
+        for vi in &graph.output {
+            let Some(&id) = self.ids.get(&vi.name) else {
+                return Err(GraphError::Model(format!(
+                    "output {:?} is produced by no node",
+                    vi.name
+                )));
+            };
+            let spec = tensor_spec(vi, "output")?;
+            if spec.dtype != DataType::Fp32 {
+                return Err(GraphError::Model(format!(
+                    "output {:?} is {}; the OpenCL backend computes in FP32",
+                    vi.name, spec.dtype
+                )));
+            }
+            if self.kinds[id] != Kind::F32 {
+                return Err(GraphError::Model(format!(
+                    "output {:?} is an INT64 value; the OpenCL backend returns FP32 only",
+                    vi.name
+                )));
+            }
+            outputs.push((id, spec));
+        }
+        Ok(Graph {
+            names: self.names,
+            kinds: self.kinds,
+            constants: self.constants,
+            inputs,
+            outputs,
+            nodes,
+        })
+    }
+}
+
+fn node_name(n: &onnx::NodeProto, index: usize) -> String {
+    if n.name.is_empty() {
+        format!("#{index}")
+    } else {
+        n.name.clone()
+    }
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::F32 => "FP32",
+        Kind::I64 => "INT64",
+    }
+}
+
+fn tensor_spec(vi: &onnx::ValueInfoProto, what: &str) -> Result<TensorSpec, GraphError> {
+    let t = vi
+        .r#type
+        .as_ref()
+        .and_then(|t| t.tensor_type.as_ref())
+        .ok_or_else(|| {
+            GraphError::Model(format!(
+                "{what} {:?} is not a tensor (sequences, maps and optionals are not supported)",
+                vi.name
+            ))
+        })?;
+    let dtype = match t.elem_type {
+        data_type::FLOAT => DataType::Fp32,
+        data_type::INT64 => DataType::Int64,
+        other => {
+            return Err(GraphError::Model(format!(
+                "{what} {:?} is {}; the OpenCL backend computes in FP32 (INT64 only as a Reshape shape)",
+                vi.name,
+                data_type::name(other)
+            )))
+        }
+    };
+    let shape = t.shape.as_ref().map_or_else(Vec::new, |s| {
+        s.dim
+            .iter()
+            .map(|d| match d.dim_value {
+                Some(v) if v >= 0 && d.dim_param.is_none() => v,
+                _ => -1,
+            })
+            .collect()
+    });
+    Ok(TensorSpec {
+        name: vi.name.clone(),
+        dtype,
+        shape,
+    })
+}
+
+/// Reads an initializer or a `Constant` value.
+pub fn constant_from_proto(t: &onnx::TensorProto) -> Result<Constant, String> {
+    if t.data_location == 1 {
+        return Err("data stored in an external file is not supported; save the model with its weights inside".into());
+    }
+    let mut shape = Vec::with_capacity(t.dims.len());
+    for &d in &t.dims {
+        if d < 0 {
+            return Err(format!("negative dimension in {:?}", t.dims));
+        }
+        shape.push(d as usize);
+    }
+    let count: usize = shape.iter().product();
+    let data = match t.data_type {
+        data_type::FLOAT => {
+            let v: Vec<f32> = if !t.raw_data.is_empty() {
+                t.raw_data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            } else {
+                t.float_data.clone()
+            };
+            if v.len() != count {
+                return Err(format!(
+                    "shape {:?} needs {count} floats, the tensor holds {}",
+                    t.dims,
+                    v.len()
+                ));
+            }
+            HostData::F32(v)
+        }
+        data_type::INT64 | data_type::INT32 => {
+            let v: Vec<i64> = if !t.raw_data.is_empty() {
+                if t.data_type == data_type::INT64 {
+                    t.raw_data
+                        .chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                        .collect()
+                } else {
+                    t.raw_data
+                        .chunks_exact(4)
+                        .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64)
+                        .collect()
+                }
+            } else if t.data_type == data_type::INT64 {
+                t.int64_data.clone()
+            } else {
+                t.int32_data.iter().map(|&v| v as i64).collect()
+            };
+            if v.len() != count {
+                return Err(format!(
+                    "shape {:?} needs {count} integers, the tensor holds {}",
+                    t.dims,
+                    v.len()
+                ));
+            }
+            HostData::I64(v)
+        }
+        other => {
+            return Err(format!(
+                "is {}; the OpenCL backend supports FLOAT tensors (and INT64 shapes)",
+                data_type::name(other)
+            ))
+        }
+    };
+    Ok(Constant { shape, data })
+}
+
+/// A node's attributes by name, remembering which ones an operator read so
+/// that an attribute it ignores is refused by name instead of silently
+/// changing the result.
+pub struct Attrs<'a> {
+    by_name: HashMap<&'a str, &'a onnx::AttributeProto>,
+    used: std::cell::RefCell<Vec<&'a str>>,
+}
+
+impl<'a> Attrs<'a> {
+    fn new(list: &'a [onnx::AttributeProto]) -> Result<Attrs<'a>, String> {
+        let mut by_name = HashMap::new();
+        for a in list {
+            if !a.ref_attr_name.is_empty() {
+                return Err(format!(
+                    "attribute {:?} refers to a function attribute; functions are not supported",
+                    a.name
+                ));
+            }
+            by_name.insert(a.name.as_str(), a);
+        }
+        Ok(Attrs {
+            by_name,
+            used: Default::default(),
+        })
+    }
+
+    fn get(
+        &self,
+        name: &'static str,
+        want: i32,
+    ) -> Result<Option<&'a onnx::AttributeProto>, String> {
+        self.used.borrow_mut().push(name);
+        match self.by_name.get(name) {
+            None => Ok(None),
+            Some(a) if a.r#type == want || a.r#type == 0 => Ok(Some(a)),
+            Some(a) => Err(format!(
+                "attribute {name:?} has type {}, expected {}",
+                a.r#type, want
+            )),
+        }
+    }
+
+    pub fn int(&self, name: &'static str, default: i64) -> Result<i64, String> {
+        Ok(self
+            .get(name, attribute_type::INT)?
+            .map_or(default, |a| a.i))
+    }
+
+    pub fn float(&self, name: &'static str, default: f32) -> Result<f32, String> {
+        Ok(self
+            .get(name, attribute_type::FLOAT)?
+            .map_or(default, |a| a.f))
+    }
+
+    pub fn ints(&self, name: &'static str) -> Result<Option<Vec<i64>>, String> {
+        Ok(self
+            .get(name, attribute_type::INTS)?
+            .map(|a| a.ints.clone()))
+    }
+
+    pub fn floats(&self, name: &'static str) -> Result<Option<Vec<f32>>, String> {
+        Ok(self
+            .get(name, attribute_type::FLOATS)?
+            .map(|a| a.floats.clone()))
+    }
+
+    pub fn string(&self, name: &'static str) -> Result<Option<String>, String> {
+        Ok(self
+            .get(name, attribute_type::STRING)?
+            .map(|a| String::from_utf8_lossy(&a.s).into_owned()))
+    }
+
+    pub fn tensor(&self, name: &'static str) -> Result<Option<&'a onnx::TensorProto>, String> {
+        Ok(self
+            .get(name, attribute_type::TENSOR)?
+            .and_then(|a| a.t.as_ref()))
+    }
+
+    /// Marks an attribute as accepted without reading it: one whose value
+    /// cannot change an inference result (BatchNormalization's momentum).
+    pub fn ignore(&self, name: &'static str) {
+        self.used.borrow_mut().push(name);
+    }
+
+    fn check_all_used(&self) -> Result<(), String> {
+        let used = self.used.borrow();
+        let mut unknown: Vec<&str> = self
+            .by_name
+            .keys()
+            .filter(|k| !used.contains(k))
+            .copied()
+            .collect();
+        unknown.sort();
+        match unknown.first() {
+            None => Ok(()),
+            Some(a) => Err(format!("attribute {a:?} is not supported")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::*;
+
+    fn value(name: &str, elem_type: i32, dims: &[i64]) -> ValueInfoProto {
+        ValueInfoProto {
+            name: name.into(),
+            r#type: Some(TypeProto {
+                tensor_type: Some(TypeProtoTensor {
+                    elem_type,
+                    shape: Some(TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .map(|&d| Dimension {
+                                dim_value: (d >= 0).then_some(d),
+                                dim_param: (d < 0).then(|| "batch".to_string()),
+                            })
+                            .collect(),
+                    }),
+                }),
+            }),
+        }
+    }
+
+    fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
+        NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: outputs.iter().map(|s| s.to_string()).collect(),
+            name: name.into(),
+            op_type: op.into(),
+            ..Default::default()
+        }
+    }
+
+    fn model(nodes: Vec<NodeProto>, input_type: i32) -> Vec<u8> {
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(GraphProto {
+                node: nodes,
+                name: "g".into(),
+                initializer: vec![],
+                input: vec![value("x", input_type, &[-1, 4])],
+                output: vec![value("y", data_type::FLOAT, &[-1, 4])],
+            }),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn unsupported_operator_is_named_before_anything_else() {
+        // The input is INT32 too, but the operator is what to fix first.
+        let bytes = model(
+            vec![
+                node("Relu", "r", &["x"], &["a"]),
+                node("Exp", "exp1", &["a"], &["y"]),
+            ],
+            data_type::INT32,
+        );
+        let e = Graph::decode(&bytes).unwrap_err().to_string();
+        assert!(
+            e.starts_with("unsupported operator \"Exp\" (node \"exp1\"); the OpenCL backend supports Add, AveragePool"),
+            "{e}"
+        );
+        let custom = NodeProto {
+            domain: "com.microsoft".into(),
+            ..node("Gelu", "", &["x"], &["y"])
+        };
+        let e = Graph::decode(&model(vec![custom], data_type::FLOAT))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"com.microsoft.Gelu\" (node \"#0\")"), "{e}");
+    }
+
+    #[test]
+    fn dtypes_attributes_and_outputs_are_checked() {
+        let e = Graph::decode(&model(vec![node("Relu", "r", &["x"], &["y"])], 10))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("input \"x\" is FP16; the OpenCL backend computes in FP32"),
+            "{e}"
+        );
+        let mut relu = node("Relu", "r", &["x"], &["y"]);
+        relu.attribute.push(AttributeProto {
+            name: "alpha".into(),
+            r#type: attribute_type::FLOAT,
+            f: 0.5,
+            ..Default::default()
+        });
+        let e = Graph::decode(&model(vec![relu], data_type::FLOAT))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "node \"r\" (Relu): attribute \"alpha\" is not supported");
+        let mut pool = node("MaxPool", "p", &["x"], &["y", "idx"]);
+        pool.attribute.push(AttributeProto {
+            name: "kernel_shape".into(),
+            r#type: attribute_type::INTS,
+            ints: vec![2],
+            ..Default::default()
+        });
+        let e = Graph::decode(&model(vec![pool], data_type::FLOAT))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected exactly one output, got 2"), "{e}");
+        let e = Graph::decode(b"\xff\xff not protobuf")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("not a valid ONNX model"), "{e}");
+    }
+
+    #[test]
+    fn a_supported_graph_plans_with_relu_fused() {
+        let mut g = model(vec![], data_type::FLOAT);
+        let mut m = ModelProto::decode(&g[..]).unwrap();
+        let graph = m.graph.as_mut().unwrap();
+        graph.initializer.push(TensorProto {
+            dims: vec![4, 4],
+            data_type: data_type::FLOAT,
+            float_data: vec![0.5; 16],
+            name: "w".into(),
+            ..Default::default()
+        });
+        graph.node = vec![
+            node("MatMul", "mm", &["x", "w"], &["h"]),
+            node("Relu", "relu", &["h"], &["y"]),
+        ];
+        g = m.encode_to_vec();
+        let graph = Graph::decode(&g).unwrap();
+        let plan = crate::plan::build(&graph, &[vec![3, 4]], &HashMap::new()).unwrap();
+        // One GEMM launch with the activation flag set; no separate Relu.
+        assert_eq!(plan.launches.len(), 1);
+        assert_eq!(plan.launches[0].kernel, crate::kernels::Kernel::Gemm);
+        assert_eq!(plan.launches[0].args[16], crate::plan::Arg::I32(1));
+        let y = graph.outputs[0].0;
+        assert_eq!(plan.shapes[y], Some(vec![3, 4]));
+    }
+}
