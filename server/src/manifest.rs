@@ -170,6 +170,19 @@ impl Default for Instances {
     }
 }
 
+/// Which versions of a model are served (Triton's `version_policy`). A
+/// ferroserve bundle is always `Latest(1)`: its endpoints choose versions;
+/// a Triton repository's `config.pbtxt` may ask for more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionPolicy {
+    /// The newest N versions (Triton's default is 1).
+    Latest(u32),
+    /// Every version folder.
+    All,
+    /// Exactly these versions.
+    Specific(Vec<u64>),
+}
+
 /// A validated manifest. `declared` holds the signature the manifest states,
 /// if it states one; [`Manifest::reconcile`] checks it against the model.
 #[derive(Debug, Clone)]
@@ -196,6 +209,8 @@ pub struct Manifest {
     /// The file each output's labels came from, as the manifest names it
     /// (Triton's `label_filename`).
     pub label_files: BTreeMap<String, String>,
+    /// Which versions are served; `Latest(1)` for ferroserve bundles.
+    pub version_policy: VersionPolicy,
 }
 
 impl Manifest {
@@ -452,6 +467,7 @@ impl Manifest {
             tags: raw.tags,
             labels,
             label_files,
+            version_policy: VersionPolicy::Latest(1),
         })
     }
 
