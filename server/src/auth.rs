@@ -34,9 +34,10 @@ pub enum RouteClass {
     /// Anyone: liveness, readiness and metrics.
     Open,
     /// Holders of an inference token: model metadata, readiness, inference,
-    /// every `inference.GRPCInferenceService` method.
+    /// every `inference.GRPCInferenceService` method but `RepositoryIndex`.
     Inference,
-    /// Holders of a management token: the repository and admin APIs.
+    /// Holders of a management token: the repository and admin APIs (and
+    /// gRPC `RepositoryIndex`).
     Management,
 }
 
@@ -69,6 +70,12 @@ pub const ROUTE_CLASSES: &[(PathMatch, RouteClass)] = &[
     ),
     (PathMatch::Prefix(&["v2", "admin"]), RouteClass::Management),
     (PathMatch::Prefix(&["v2", "models"]), RouteClass::Inference),
+    // The repository extension over gRPC is management, as over HTTP;
+    // every other method of the service is inference.
+    (
+        PathMatch::Exact(&["inference.GRPCInferenceService", "RepositoryIndex"]),
+        RouteClass::Management,
+    ),
     (
         PathMatch::Prefix(&["inference.GRPCInferenceService"]),
         RouteClass::Inference,
@@ -377,6 +384,12 @@ mod tests {
             ("/v2/models/mlp/infer", Inference),
             ("/v2/models/mlp/versions/1/ready", Inference),
             ("/inference.GRPCInferenceService/ModelInfer", Inference),
+            ("/inference.GRPCInferenceService/ModelStatistics", Inference),
+            (
+                "/inference.GRPCInferenceService/RepositoryIndex",
+                Management,
+            ),
+            ("/v2/models/stats", Inference),
             ("/v2/repository/index", Management),
             ("/v2/repository", Management),
             ("/v2/admin/anything/deep", Management),

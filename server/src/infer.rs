@@ -12,7 +12,12 @@ pub struct InferOutput {
     /// In the order of the served signature's outputs.
     pub outputs: Vec<Tensor>,
     pub queue_time: Duration,
+    /// Stacking inputs and running the backend (the `compute_duration`
+    /// metric).
     pub compute_time: Duration,
+    /// The stage times of the batch the request ran in (the statistics
+    /// extension's `compute_input`, `compute_infer`, `compute_output`).
+    pub batch: crate::infer_stats::BatchTimes,
 }
 
 /// Every way an inference can fail. Each front end maps a variant to its own

@@ -41,7 +41,9 @@ enum Command {
     /// Serve a repository's endpoints over HTTP and gRPC.
     ///
     /// The repository is a folder laid out as REPO/NAME/VERSION/bundle.toml with its
-    /// registry, REPO/registry.db. Each endpoint of the registry (see `deploy`,
+    /// registry, REPO/registry.db; Triton's layout (REPO/NAME/config.pbtxt with
+    /// REPO/NAME/N/model.onnx, each model serving the versions its version_policy
+    /// selects) is served as it is, alone or mixed with bundles. Each endpoint of the registry (see `deploy`,
     /// `traffic`, --config) is reachable as /v2/models/ENDPOINT; every other registered
     /// model as /v2/models/NAME, serving its newest version. Changes to the registry are
     /// applied while serving, with hot swaps that fail no request.
@@ -54,6 +56,18 @@ enum Command {
     /// git checkout, the repository, branch, commit and whether the tree was dirty.
     /// Prints the new version number.
     Register(RegisterArgs),
+    /// Register every model of a Triton model repository as ferroserve bundles,
+    /// keeping version numbers.
+    ///
+    /// DIR is laid out as Triton's: DIR/NAME/config.pbtxt and DIR/NAME/N/model.onnx.
+    /// Each version folder N becomes version N of NAME in --repo: its files, the
+    /// config's label files and a bundle.toml saying what config.pbtxt says, checked
+    /// (the model must load) and registered atomically like `register`. A
+    /// version_policy serving more than the newest version becomes an endpoint NAME
+    /// with those versions. A model whose config asks for what ferroserve does not
+    /// support is reported, naming the setting, and skipped; running it again reports
+    /// the versions already imported. Exits 1 if any model or version was not imported.
+    ImportTriton(ImportTritonArgs),
     /// Registered models: aliases, list, show, search, delete.
     Models {
         #[command(subcommand)]
@@ -192,8 +206,27 @@ struct RegisterArgs {
 }
 
 #[derive(clap::Args)]
+struct ImportTritonArgs {
+    /// The Triton model repository (DIR/NAME/config.pbtxt, DIR/NAME/N/).
+    dir: PathBuf,
+    /// The ferroserve repository to register into (created if absent).
+    #[arg(long)]
+    repo: PathBuf,
+    /// Who registers the versions (default: $USER, else $LOGNAME, else "unknown").
+    #[arg(long)]
+    user: Option<String>,
+    /// Why (default: "imported from Triton model repository DIR").
+    #[arg(long)]
+    message: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
 struct ServeArgs {
-    /// Model repository folder (REPO/NAME/VERSION/bundle.toml).
+    /// Model repository folder (REPO/NAME/VERSION/bundle.toml, or a Triton
+    /// model repository).
     #[arg(long)]
     repo: PathBuf,
     /// Serve, for each model that has this registry alias, the aliased version
@@ -322,6 +355,13 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
         Command::Register(args) => register(args),
+        Command::ImportTriton(args) => {
+            if import_triton(args)? {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
         Command::Models { command } => registry::cli::run_models(command),
         Command::Deploy(a) => ecli::deploy(a),
         Command::Undeploy(a) => ecli::undeploy(a),
@@ -380,6 +420,23 @@ fn register(args: RegisterArgs) -> Result<()> {
     );
     println!("{}", done.version);
     Ok(())
+}
+
+/// Returns whether everything was imported (or was already there).
+fn import_triton(args: ImportTritonArgs) -> Result<bool> {
+    let report = ferroserve::triton::import::import(&ferroserve::triton::import::ImportRequest {
+        source: args.dir,
+        repo: args.repo,
+        user: args.user,
+        message: args.message,
+        check_loads: true,
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(report.ok())
 }
 
 fn serve(args: ServeArgs) -> Result<()> {

@@ -215,8 +215,15 @@ pub struct Manifest {
 
 impl Manifest {
     /// Reads and validates `DIR/bundle.toml`, including that the model file exists.
+    ///
+    /// A Triton version folder (`DIR` without `bundle.toml`, with
+    /// `DIR/../config.pbtxt`) is read from that config instead (see
+    /// [`crate::triton::config`]); each setting it ignores is logged.
     pub fn load(dir: &Path) -> Result<Manifest, ManifestError> {
         let file = dir.join(MANIFEST_FILE);
+        if !file.exists() && crate::triton::config::config_of_version_dir(dir).is_some() {
+            return crate::triton::config::load_version(dir);
+        }
         let err = |key: &str, problem: String| ManifestError {
             file: file.clone(),
             key: key.to_string(),
@@ -581,10 +588,18 @@ impl Manifest {
     }
 }
 
+/// Whether `dir` is a version folder [`Manifest::load`] reads: it has a
+/// `bundle.toml`, or it is a version folder of a Triton model
+/// (`dir/../config.pbtxt`).
+pub fn is_bundle_dir(dir: &Path) -> bool {
+    dir.join(MANIFEST_FILE).is_file()
+        || (dir.is_dir() && crate::triton::config::config_of_version_dir(dir).is_some())
+}
+
 /// Reads a labels file: one label per line, split as Triton splits it
 /// (`std::getline`: a final newline does not add an empty label). A
 /// trailing `\r` is dropped so files written on Windows work.
-fn read_labels(dir: &Path, file_name: &str) -> Result<Vec<String>, String> {
+pub(crate) fn read_labels(dir: &Path, file_name: &str) -> Result<Vec<String>, String> {
     let path = dir.join(file_name);
     if !path.is_file() {
         return Err(format!(

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use crate::infer::{InferError, InferOutput};
+use crate::infer_stats::InferStats;
 use crate::manifest::{BackendKind, Manifest, ManifestError};
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::scheduler::{BatchPolicy, Job, Scheduler};
@@ -36,6 +37,8 @@ pub struct Model {
     pub manifest: Manifest,
     pub signature: Signature,
     pub metrics: ModelMetrics,
+    /// Triton's statistics extension: what this loaded version has done.
+    pub stats: Arc<InferStats>,
     scheduler: Scheduler,
     /// Python bundles: whether their workers' `init()` succeeded.
     python_status: Option<Arc<PoolStatus>>,
@@ -140,6 +143,7 @@ impl Model {
         let model_metrics =
             metrics.for_deployment(&manifest.name, &version_label, endpoint, deployment);
         let b = &manifest.batching;
+        let stats = Arc::new(InferStats::new(b.max_batch_size));
         let scheduler = Scheduler::start(
             &manifest.name,
             backends,
@@ -150,6 +154,7 @@ impl Model {
             },
             b.max_queue_size,
             model_metrics.batch_rows.clone(),
+            Arc::clone(&stats),
         )
         .map_err(|source| LoadError::Threads {
             name: manifest.name.clone(),
@@ -162,35 +167,43 @@ impl Model {
             signature,
             manifest,
             metrics: model_metrics,
+            stats,
             scheduler,
             python_status,
             device_timings,
         })
     }
 
-    /// Validates the inputs and queues them. The returned receiver yields the
-    /// answer; the caller should stop waiting at the returned deadline.
-    fn submit(
-        &self,
-        named: Vec<(String, Tensor)>,
-        timeout: Option<Duration>,
-    ) -> Result<(oneshot::Receiver<Result<InferOutput, InferError>>, Instant), InferError> {
+    /// Checks that the model can answer and that the inputs fit its
+    /// signature: what a request must pass to reach the model.
+    fn accept(&self, named: Vec<(String, Tensor)>) -> Result<(Vec<Tensor>, usize), InferError> {
         if let Some(why) = self.not_ready() {
             return Err(InferError::Unavailable(format!(
                 "model {:?} version {} is not ready: {why}",
                 self.name, self.version
             )));
         }
-        let (inputs, rows) = validate::inputs(
+        validate::inputs(
             &self.signature,
             self.manifest.batching.max_batch_size,
             named,
-        )?;
-        let timeout = timeout.map_or(self.manifest.batching.timeout(), |t| {
+        )
+    }
+
+    /// Queues accepted inputs and waits for the answer, at most until the
+    /// request's deadline.
+    async fn queue_and_wait(
+        &self,
+        inputs: Vec<Tensor>,
+        rows: usize,
+        timeout: Option<Duration>,
+        counted: bool,
+    ) -> Result<InferOutput, InferError> {
+        let limit = timeout.map_or(self.manifest.batching.timeout(), |t| {
             t.min(self.manifest.batching.timeout())
         });
         let now = Instant::now();
-        let deadline = now + timeout;
+        let deadline = now + limit;
         let (reply, rx) = oneshot::channel();
         self.scheduler.submit(Job {
             inputs,
@@ -198,36 +211,62 @@ impl Model {
             enqueued: now,
             deadline,
             reply,
+            counted,
         })?;
-        Ok((rx, deadline))
+        match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(InferError::Backend(
+                "the model's worker stopped before answering".into(),
+            )),
+            Err(_) => Err(InferError::Timeout(format!(
+                "request timed out after {} ms",
+                limit.as_millis()
+            ))),
+        }
     }
 
     /// Runs one request through the batcher and waits for its answer, at
     /// most until its deadline. Shared by every front end, so queue and
-    /// compute time are recorded the same way whichever protocol asked.
+    /// compute time are recorded the same way whichever protocol asked:
+    /// in the metrics, and in the statistics extension (see
+    /// [`crate::infer_stats`] for what counts).
     pub async fn infer(
         &self,
         named: Vec<(String, Tensor)>,
         timeout: Option<Duration>,
     ) -> Result<InferOutput, InferError> {
-        let (rx, deadline) = self.submit(named, timeout)?;
-        let output = match tokio::time::timeout_at(deadline.into(), rx).await {
-            Ok(Ok(result)) => result?,
-            Ok(Err(_)) => {
-                return Err(InferError::Backend(
-                    "the model's worker stopped before answering".into(),
-                ))
+        self.run(named, timeout, true).await
+    }
+
+    /// [`Model::infer`] left out of the statistics extension: warm-up
+    /// requests, which no client sent.
+    pub async fn infer_uncounted(
+        &self,
+        named: Vec<(String, Tensor)>,
+        timeout: Option<Duration>,
+    ) -> Result<InferOutput, InferError> {
+        self.run(named, timeout, false).await
+    }
+
+    async fn run(
+        &self,
+        named: Vec<(String, Tensor)>,
+        timeout: Option<Duration>,
+        counted: bool,
+    ) -> Result<InferOutput, InferError> {
+        let started = Instant::now();
+        // Refused here, the request never reached the model: not counted.
+        let (inputs, rows) = self.accept(named)?;
+        let result = self.queue_and_wait(inputs, rows, timeout, counted).await;
+        if counted {
+            match &result {
+                Ok(out) => self
+                    .stats
+                    .success(started.elapsed(), out.queue_time, &out.batch),
+                Err(_) => self.stats.failure(started.elapsed()),
             }
-            Err(_) => {
-                let limit = timeout.map_or(self.manifest.batching.timeout(), |t| {
-                    t.min(self.manifest.batching.timeout())
-                });
-                return Err(InferError::Timeout(format!(
-                    "request timed out after {} ms",
-                    limit.as_millis()
-                )));
-            }
-        };
+        }
+        let output = result?;
         self.metrics
             .queue_duration
             .observe(output.queue_time.as_secs_f64());

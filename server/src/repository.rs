@@ -1,8 +1,9 @@
-//! The model repository folder: `REPO/NAME/VERSION/bundle.toml`.
+//! The model repository folder: `REPO/NAME/VERSION/bundle.toml`, or a
+//! Triton model's `REPO/NAME/config.pbtxt` with `REPO/NAME/VERSION/`.
 
 use std::path::{Path, PathBuf};
 
-use crate::manifest::{Manifest, ManifestError, MANIFEST_FILE};
+use crate::manifest::{is_bundle_dir, Manifest, ManifestError, MANIFEST_FILE};
 
 /// The newest version of one model in the repository.
 #[derive(Debug, Clone)]
@@ -19,7 +20,7 @@ pub enum RepositoryError {
         dir: PathBuf,
         source: std::io::Error,
     },
-    #[error("model repository {} holds no bundle (expected NAME/VERSION/{MANIFEST_FILE})", dir.display())]
+    #[error("model repository {} holds no bundle (expected NAME/VERSION/{MANIFEST_FILE}, or a Triton model NAME/config.pbtxt with NAME/VERSION/)", dir.display())]
     Empty { dir: PathBuf },
 }
 
@@ -62,8 +63,8 @@ pub fn newest_versions(repo: &Path) -> Result<Vec<BundleVersion>, RepositoryErro
             else {
                 continue;
             };
-            if !path.join(MANIFEST_FILE).is_file() {
-                tracing::warn!(dir = %path.display(), "skipping version folder without {MANIFEST_FILE}");
+            if !is_bundle_dir(&path) {
+                tracing::warn!(dir = %path.display(), "skipping version folder without {MANIFEST_FILE} (or a Triton config.pbtxt in its model folder)");
                 continue;
             }
             if newest.as_ref().is_none_or(|(n, _)| version > *n) {

@@ -8,7 +8,9 @@ use std::path::Path;
 
 use ferroserve::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use ferroserve::grpc::proto::model_infer_request::InferInputTensor;
-use ferroserve::grpc::proto::{ModelInferRequest, ModelMetadataRequest, ServerLiveRequest};
+use ferroserve::grpc::proto::{
+    ModelInferRequest, ModelMetadataRequest, RepositoryIndexRequest, ServerLiveRequest,
+};
 use serde_json::json;
 use support::{examples_repo, f32_bytes, metric_value, start_failure_with_args, Reply, Server};
 use tonic::transport::Channel;
@@ -156,8 +158,6 @@ async fn file_tokens_guard_inference_and_management_over_http_and_grpc() {
     }
 
     // Management routes take the management token, not an inference one.
-    // The route does not exist yet: 404 once authorized shows the class
-    // check runs before routing.
     for token in [None, Some(INFERENCE_A), Some("wrong-token")] {
         let headers: Vec<_> = token.map(bearer).into_iter().collect();
         let r = server.request("POST", "/v2/repository/index", &headers, b"{}");
@@ -165,9 +165,15 @@ async fn file_tokens_guard_inference_and_management_over_http_and_grpc() {
         refused += 1.0;
     }
     let r = server.request("POST", "/v2/repository/index", &[bearer(MANAGEMENT)], b"{}");
-    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.json().as_array().is_some_and(|a| !a.is_empty()),
+        "{}",
+        r.text()
+    );
 
-    // gRPC: every method is an inference route.
+    // gRPC: every method is an inference route but RepositoryIndex, which
+    // is management as over HTTP.
     let mut client = grpc_client(&server).await;
     assert_unauthenticated(
         client
@@ -209,6 +215,26 @@ async fn file_tokens_guard_inference_and_management_over_http_and_grpc() {
         .into_inner();
     assert_eq!(out.outputs[0].shape, vec![1, 10]);
     assert_eq!(out.raw_output_contents[0].len(), 40);
+    for token in [None, Some(INFERENCE_A)] {
+        assert_unauthenticated(
+            client
+                .repository_index(with_token(RepositoryIndexRequest::default(), token))
+                .await,
+        );
+        refused += 1.0;
+    }
+    let index = client
+        .repository_index(with_token(
+            RepositoryIndexRequest::default(),
+            Some(MANAGEMENT),
+        ))
+        .await
+        .expect("authorized RepositoryIndex")
+        .into_inner();
+    assert!(index
+        .models
+        .iter()
+        .any(|m| m.name == "mlp" && m.state == "READY"));
     // The refused calls did not break the connection.
     assert_unauthenticated(
         client
@@ -249,7 +275,7 @@ async fn environment_tokens_guard_each_class() {
     let r = server.request("POST", "/v2/repository/index", &[bearer("env-inf-1")], b"");
     assert_unauthorized(&r);
     let r = server.request("POST", "/v2/repository/index", &[bearer("env-mgmt-1")], b"");
-    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.status, 200, "{}", r.text());
 
     let mut client = grpc_client(&server).await;
     assert_unauthenticated(

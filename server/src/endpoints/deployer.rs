@@ -120,7 +120,7 @@ impl Deployer {
     async fn snapshot(&self) -> Result<Snapshot, DeployError> {
         let repo = self.repo.clone();
         let registry = self.registry;
-        tokio::task::spawn_blocking(move || {
+        let mut snap = tokio::task::spawn_blocking(move || {
             if registry {
                 Ok(deployments::snapshot(&repo)?)
             } else {
@@ -128,7 +128,23 @@ impl Deployer {
             }
         })
         .await
-        .map_err(|e| DeployError::Failed(format!("registry reader panicked: {e}")))?
+        .map_err(|e| DeployError::Failed(format!("registry reader panicked: {e}")))??;
+        // A Triton config that does not read now (being edited, say) keeps
+        // the version policy it had: the versions it served stay served.
+        if let Some(last) = &self.state.lock().await.last {
+            for (model, policy) in &last.policies {
+                if snap.newest.contains_key(model) && !snap.policies.contains_key(model) {
+                    let config = self
+                        .repo
+                        .join(model)
+                        .join(crate::triton::config::CONFIG_FILE);
+                    if config.is_file() {
+                        snap.policies.insert(model.clone(), policy.clone());
+                    }
+                }
+            }
+        }
+        Ok(snap)
     }
 
     /// Reconciles with the registry as it is now. `strict` (start-up):
@@ -192,16 +208,30 @@ impl Deployer {
                 }
                 _ => Target::Latest,
             };
+            let deployments = match (&target, snap.policies.get(model)) {
+                // A Triton model: the versions its version_policy selects
+                // (`serve --alias` wins where the model has the alias).
+                (Target::Latest, Some(policy)) => {
+                    let available: Vec<u64> = snap
+                        .versions
+                        .iter()
+                        .filter(|(m, _)| m == model)
+                        .map(|(_, v)| *v)
+                        .collect();
+                    crate::triton::versions::deployments(model, policy, &available)
+                }
+                _ => vec![DeploymentSpec {
+                    name: "default".into(),
+                    model: model.clone(),
+                    target,
+                    weight: 100,
+                    settings: Settings::default(),
+                }],
+            };
             out.push((
                 EndpointSpec {
                     name: model.clone(),
-                    deployments: vec![DeploymentSpec {
-                        name: "default".into(),
-                        model: model.clone(),
-                        target,
-                        weight: 100,
-                        settings: Settings::default(),
-                    }],
+                    deployments,
                     mirror: None,
                 },
                 true,
@@ -515,16 +545,29 @@ fn apply_settings(m: &mut Manifest, s: &Settings) -> Result<(), String> {
     Ok(())
 }
 
-/// Without a readable registry: the newest version folder of each model.
+/// Without a readable registry: the newest version folder of each model
+/// (every version folder of a Triton model, for its version policy).
 fn folder_snapshot(repo: &std::path::Path) -> Result<Snapshot, DeployError> {
     let newest: BTreeMap<String, u64> = crate::repository::newest_versions(repo)
         .map_err(|e| DeployError::Failed(e.to_string()))?
         .into_iter()
         .map(|b| (b.name, b.version))
         .collect();
+    let policies = crate::triton::versions::policies(repo, newest.keys());
+    let mut versions: std::collections::BTreeSet<(String, u64)> =
+        newest.iter().map(|(m, v)| (m.clone(), *v)).collect();
+    for model in policies.keys() {
+        let dir = repo.join(model);
+        for v in crate::registry::import::version_folders(&dir).unwrap_or_default() {
+            if crate::manifest::is_bundle_dir(&dir.join(v.to_string())) {
+                versions.insert((model.clone(), v));
+            }
+        }
+    }
     Ok(Snapshot {
-        versions: newest.iter().map(|(m, v)| (m.clone(), *v)).collect(),
+        versions,
         newest,
+        policies,
         ..Snapshot::default()
     })
 }

@@ -2,6 +2,7 @@
 //! real request path (validation, batcher, backend) before it gets any
 //! traffic, so the first live request does not pay for lazy
 //! initialisation, and a version that cannot answer never goes live.
+//! Warm-up requests are left out of the statistics extension.
 
 use bytes::Bytes;
 use ferroserve_backend_core::{DataType, Tensor};
@@ -65,7 +66,7 @@ pub async fn run(model: &Model) -> Result<usize, String> {
         Some(samples) => {
             let n = samples.len();
             for (i, sample) in samples.into_iter().enumerate() {
-                model.infer(sample, None).await.map_err(|e| {
+                model.infer_uncounted(sample, None).await.map_err(|e| {
                     format!(
                         "warm-up sample {i} of {} failed: {e}",
                         model.manifest.warmup.as_ref().expect("declared").display()
@@ -78,7 +79,7 @@ pub async fn run(model: &Model) -> Result<usize, String> {
             let Some(sample) = zeros(model) else {
                 return Ok(0);
             };
-            if let Err(e) = model.infer(sample, None).await {
+            if let Err(e) = model.infer_uncounted(sample, None).await {
                 tracing::info!(model = %model.name, version = model.version, error = %e, "warm-up with zeros failed (the bundle declares no warm-up samples); going on");
             }
             Ok(1)

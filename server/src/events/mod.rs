@@ -30,6 +30,7 @@
 //! and into a bounded queue to the audit-log writer thread.
 
 mod audit;
+mod failures;
 pub mod sse;
 pub mod webhook;
 
@@ -40,6 +41,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::metrics::Metrics;
+
+pub use failures::DeploymentFailure;
 
 /// The event types, `io.ferroserve.<object>.<what happened>`.
 pub mod types {
@@ -182,6 +185,7 @@ struct Inner {
     audit: Option<audit::AuditWriter>,
     closed: watch::Sender<bool>,
     counters: EventCounters,
+    failures: failures::Failures,
 }
 
 /// Cheap to clone; every clone feeds the same subscribers and queues.
@@ -217,6 +221,7 @@ impl EventBus {
                 audit,
                 closed: watch::channel(false).0,
                 counters,
+                failures: failures::Failures::default(),
             }),
         };
         (bus, receivers)
@@ -244,6 +249,7 @@ impl EventBus {
         let i = &self.inner;
         i.counters.emitted.with_label_values(&[&event.ty]).inc();
         tracing::info!(r#type = %event.ty, subject = %event.subject, id = %event.id, "event");
+        i.failures.observe(&event);
         let event = Arc::new(event);
         // An error only means nobody is subscribed.
         let _ = i.sse.send(Arc::clone(&event));
@@ -261,6 +267,12 @@ impl EventBus {
                 a.append(event);
             }
         }
+    }
+
+    /// The last failure of every deployment that has not loaded since
+    /// (from the `deployment.*` events emitted so far).
+    pub fn deployment_failures(&self) -> Vec<DeploymentFailure> {
+        self.inner.failures.list()
     }
 
     /// A new server-sent-event subscription.

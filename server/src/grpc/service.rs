@@ -20,6 +20,7 @@ use super::proto::model_metadata_response::TensorMetadata;
 use super::proto::*;
 use crate::classification;
 use crate::endpoints::DEPLOYMENT_HEADER;
+use crate::extensions::{config, index, statistics};
 use crate::http::{select_outputs, AppState, EXTENSIONS};
 use crate::infer::InferError;
 
@@ -266,6 +267,51 @@ impl GrpcInferenceService for Grpc {
             response.metadata_mut().insert(DEPLOYMENT_HEADER, v);
         }
         Ok(response)
+    }
+
+    async fn model_config(
+        &self,
+        req: Request<ModelConfigRequest>,
+    ) -> Result<Response<ModelConfigResponse>, Status> {
+        let r = req.into_inner();
+        let served = crate::http::served(&self.state, &r.name, non_empty(&r.version))
+            .map_err(|e| status_of(&e))?;
+        let policy = config::served_policy(&served);
+        Ok(Response::new(ModelConfigResponse {
+            config: Some(config::build(&r.name, &served.model, &policy)),
+        }))
+    }
+
+    async fn model_statistics(
+        &self,
+        req: Request<ModelStatisticsRequest>,
+    ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        let r = req.into_inner();
+        if r.name.is_empty() && !r.version.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "version {:?} given without a model name; name the model, or leave both empty for every model",
+                r.version
+            )));
+        }
+        statistics::collect(
+            &self.state.routes,
+            non_empty(&r.name),
+            non_empty(&r.version),
+        )
+        .map(Response::new)
+        .map_err(|e| status_of(&e))
+    }
+
+    /// A management call: `auth` classes it with the repository routes.
+    async fn repository_index(
+        &self,
+        req: Request<RepositoryIndexRequest>,
+    ) -> Result<Response<RepositoryIndexResponse>, Status> {
+        let r = req.into_inner();
+        index::collect(&self.state, r.ready)
+            .await
+            .map(Response::new)
+            .map_err(|e| status_of(&e))
     }
 
     type ModelStreamInferStream = ResponseStream;

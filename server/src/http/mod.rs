@@ -9,7 +9,6 @@ mod json_data;
 mod management;
 mod reply;
 mod routes;
-mod triton_config;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -16,14 +16,22 @@ use super::reply::{self, Body};
 use super::AppState;
 use crate::classification;
 use crate::endpoints::{Routed, DEPLOYMENT_HEADER};
+use crate::extensions::{config, index, statistics};
 use crate::infer::InferError;
 use crate::model::Model;
 
-/// The extensions of the protocol this server implements, as listed by `/v2`.
-/// (`GET /v2/models/{m}/config` answers too, but `model_configuration` is
-/// listed only once gRPC's `ModelConfig` does: the list is shared by both
-/// protocols.)
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "classification", "parameters"];
+/// The extensions of the protocol this server implements, as listed by `/v2`
+/// and gRPC's `ServerMetadata` (the list is shared: each is answered over
+/// both protocols). Of Triton's `model_repository` only the index is
+/// implemented (`POST /v2/repository/index`), not load and unload, so it is
+/// not listed.
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "classification",
+    "model_configuration",
+    "parameters",
+    "statistics",
+];
 
 const HEADER_LENGTH: &str = "inference-header-content-length";
 
@@ -72,6 +80,11 @@ pub async fn handle(
         (["v2", "admin", "endpoints", rest @ ..], _) => {
             super::endpoints_api::handle(&state, rest, req).await
         }
+        (["v2", "models", "stats"], &Method::GET) => stats_reply(&state, None, None),
+        (["v2", "repository", "index"], &Method::POST) => repository_index(&state, req).await,
+        (["v2", "models", "stats"] | ["v2", "repository", "index"], _) => {
+            method_not_allowed(&method, &path)
+        }
         (["v2", "models", rest @ ..], m) => match model_route(rest) {
             Some((name, version, action)) => match (action, m) {
                 ("", &Method::GET) => with_model(&state, name, version, |m| {
@@ -87,11 +100,16 @@ pub async fn handle(
                     }
                 }),
                 ("config", &Method::GET) => with_model(&state, name, version, |s| {
-                    reply::json(StatusCode::OK, &super::triton_config::config(name, &s.model))
+                    let policy = config::served_policy(&s);
+                    reply::json(
+                        StatusCode::OK,
+                        &config::to_json(&config::build(name, &s.model, &policy)),
+                    )
                 }),
+                ("stats", &Method::GET) => stats_reply(&state, Some(name), version),
                 ("infer", &Method::POST) => infer(&state, name, version, req).await,
                 ("score", &Method::POST) => score(&state, name, version, req).await,
-                ("" | "ready" | "infer" | "score" | "config", _) => {
+                ("" | "ready" | "infer" | "score" | "config" | "stats", _) => {
                     method_not_allowed(&method, &path)
                 }
                 _ => not_found(&path),
@@ -158,6 +176,50 @@ pub fn served(state: &AppState, name: &str, version: Option<&str>) -> Result<Ser
         model: Arc::clone(&d.model),
         endpoint,
     })
+}
+
+/// Triton's statistics extension: every model, one model, or one version.
+fn stats_reply(state: &AppState, name: Option<&str>, version: Option<&str>) -> Response<Body> {
+    match statistics::collect(&state.routes, name, version) {
+        Ok(r) => reply::json(StatusCode::OK, &statistics::to_json(&r)),
+        Err(e) => reply::infer_error(&e),
+    }
+}
+
+/// `POST /v2/repository/index`, body empty or `{"ready": bool}`.
+async fn repository_index(state: &AppState, req: Request<Incoming>) -> Response<Body> {
+    let result = async {
+        let body = read_body(state, req, None).await?;
+        let ready = if body.iter().all(u8::is_ascii_whitespace) {
+            false
+        } else {
+            let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+                InferError::InvalidInput(format!(
+                    "request body: expected JSON {{\"ready\": true|false}} or nothing, could not parse it: {e}"
+                ))
+            })?;
+            let serde_json::Value::Object(fields) = &doc else {
+                return Err(InferError::InvalidInput(format!(
+                    "request body: expected a JSON object {{\"ready\": true|false}}, received {doc}"
+                )));
+            };
+            match fields.get("ready") {
+                None => false,
+                Some(serde_json::Value::Bool(b)) => *b,
+                Some(other) => {
+                    return Err(InferError::InvalidInput(format!(
+                        "request body: \"ready\" must be true or false, received {other}"
+                    )))
+                }
+            }
+        };
+        index::collect(state, ready).await
+    }
+    .await;
+    match result {
+        Ok(r) => reply::json(StatusCode::OK, &index::to_json(&r)),
+        Err(e) => reply::infer_error(&e),
+    }
 }
 
 fn server_metadata() -> Response<Body> {

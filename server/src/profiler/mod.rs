@@ -204,8 +204,20 @@ fn scratch_copy(
     let model_dir = scratch.path().join(model);
     std::fs::create_dir_all(&model_dir)
         .map_err(|e| err(format!("{}: {e}", model_dir.display())))?;
-    crate::registry::fsutil::copy_tree_durably(&bundle, &model_dir.join("1"))
-        .map_err(|e| err(e.to_string()))?;
+    let dst = model_dir.join("1");
+    if crate::triton::config::config_of_version_dir(&bundle).is_some()
+        && !bundle.join(crate::manifest::MANIFEST_FILE).is_file()
+    {
+        // A Triton version folder: the copy is a bundle saying what its
+        // config.pbtxt says (the config and labels live a folder up).
+        let config =
+            crate::triton::config::read(&repo.join(model)).map_err(|e| err(e.to_string()))?;
+        crate::triton::import::stage_version(&config, &bundle, &dst, repo)
+            .map_err(|e| err(e.to_string()))?;
+    } else {
+        crate::registry::fsutil::copy_tree_durably(&bundle, &dst)
+            .map_err(|e| err(e.to_string()))?;
+    }
     Ok((scratch, version, manifest))
 }
 

@@ -576,6 +576,10 @@ pub struct Snapshot {
     pub versions: BTreeSet<(String, u64)>,
     /// `(model, alias) -> version`.
     pub aliases: BTreeMap<(String, String), u64>,
+    /// The `version_policy` of each model that is a Triton model folder
+    /// (`REPO/NAME/config.pbtxt`): its implicit endpoint serves the
+    /// versions the policy selects (see [`crate::triton::versions`]).
+    pub policies: BTreeMap<String, crate::manifest::VersionPolicy>,
 }
 
 impl Snapshot {
@@ -633,11 +637,14 @@ pub fn snapshot(repo: &Path) -> Result<Snapshot, RegistryError> {
             .map_err(db_err(&db, "cannot read aliases"))?;
         rows
     };
+    drop(tx);
+    let policies = crate::triton::versions::policies(repo, newest.keys());
     Ok(Snapshot {
         endpoints,
         newest,
         versions,
         aliases,
+        policies,
     })
 }
 

@@ -1,7 +1,8 @@
 //! First use of a repository folder without `registry.db`: every
-//! `NAME/VERSION/` folder holding a `bundle.toml` gets a version row (with
-//! the hashes of its files, `registered_by = "import"`) and an audit entry,
-//! all in the transaction that creates the schema.
+//! `NAME/VERSION/` folder holding a `bundle.toml`, and every version folder
+//! of a Triton model (`NAME/config.pbtxt` beside `NAME/VERSION/`), gets a
+//! version row (with the hashes of its files, `registered_by = "import"`)
+//! and an audit entry, all in the transaction that creates the schema.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,7 +13,7 @@ use super::fsutil::hash_tree;
 use super::git::GitInfo;
 use super::store::{self, NewVersion, Store};
 use super::RegistryError;
-use crate::manifest::{Manifest, MANIFEST_FILE};
+use crate::manifest::{is_bundle_dir, Manifest};
 
 /// Who imported versions are recorded as registered by.
 pub const IMPORT_ACTOR: &str = "import";
@@ -46,7 +47,8 @@ pub fn ensure(repo: &Path) -> Result<usize, RegistryError> {
     Ok(n as usize)
 }
 
-/// Whether any `NAME/VERSION/bundle.toml` exists under `repo`.
+/// Whether any `NAME/VERSION/bundle.toml` (or Triton version folder)
+/// exists under `repo`.
 fn has_bundles(repo: &Path) -> bool {
     let Ok(models) = std::fs::read_dir(repo) else {
         return false;
@@ -54,10 +56,8 @@ fn has_bundles(repo: &Path) -> bool {
     models.flatten().any(|m| {
         let dir = m.path();
         !m.file_name().to_string_lossy().starts_with('.')
-            && version_folders(&dir).is_ok_and(|vs| {
-                vs.iter()
-                    .any(|v| dir.join(v.to_string()).join(MANIFEST_FILE).is_file())
-            })
+            && version_folders(&dir)
+                .is_ok_and(|vs| vs.iter().any(|v| is_bundle_dir(&dir.join(v.to_string()))))
     })
 }
 
@@ -84,7 +84,8 @@ pub fn version_folders(model_dir: &Path) -> Result<Vec<u64>, RegistryError> {
     Ok(versions)
 }
 
-/// Inserts a row for every `NAME/VERSION/bundle.toml` folder that has none.
+/// Inserts a row for every `NAME/VERSION/bundle.toml` folder (or Triton
+/// version folder) that has none.
 /// Hidden folders and non-numeric version folders (such as a `.tmp-*` left
 /// by a crashed registration) are skipped, as the server skips them.
 pub(crate) fn import_folders(
@@ -112,8 +113,7 @@ pub(crate) fn import_folders(
         let model_dir = repo.join(&name);
         for version in version_folders(&model_dir)? {
             let dir = model_dir.join(version.to_string());
-            if !dir.join(MANIFEST_FILE).is_file() || store::version_exists(tx, db, &name, version)?
-            {
+            if !is_bundle_dir(&dir) || store::version_exists(tx, db, &name, version)? {
                 continue;
             }
             let files = hash_tree(&dir)?;
@@ -168,6 +168,8 @@ pub(crate) fn import_folders(
 mod tests {
     use super::*;
 
+    use crate::manifest::MANIFEST_FILE;
+
     fn bundle(dir: &Path) {
         std::fs::create_dir_all(dir).unwrap();
         // Not a valid manifest: import records the folder as it is.
@@ -209,6 +211,31 @@ mod tests {
             )
             .unwrap();
         assert_eq!(audits, 2);
+    }
+
+    #[test]
+    fn triton_version_folders_are_imported() {
+        let repo = tempfile::tempdir().unwrap();
+        let r = repo.path();
+        for v in ["1", "3", "x"] {
+            std::fs::create_dir_all(r.join("t").join(v)).unwrap();
+            std::fs::write(r.join("t").join(v).join("model.onnx"), b"onnx").unwrap();
+        }
+        std::fs::write(r.join("t/config.pbtxt"), "max_batch_size: 0\n").unwrap();
+        // A folder beside version folders, without a config: not a model.
+        std::fs::create_dir_all(r.join("u/1")).unwrap();
+        assert!(has_bundles(r));
+        assert_eq!(ensure(r).unwrap(), 2);
+        let store = Store::open(r).unwrap();
+        let versions: Vec<(String, i64)> = store
+            .conn()
+            .prepare("SELECT model, version FROM versions ORDER BY model, version")
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(versions, [("t".into(), 1), ("t".into(), 3)]);
     }
 
     #[test]

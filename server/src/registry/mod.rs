@@ -29,7 +29,7 @@ pub mod store;
 
 use std::path::PathBuf;
 
-pub use register::{register, RegisterRequest, Registered};
+pub use register::{register, register_with, RegisterOptions, RegisterRequest, Registered};
 pub use store::{Store, DB_FILE, SCHEMA_VERSION};
 
 /// Everything that can go wrong in the registry; each variant names the

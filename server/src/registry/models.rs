@@ -508,7 +508,7 @@ pub fn apply_alias(
             continue;
         };
         let dir = repo.join(&b.name).join(v.to_string());
-        if !dir.join(crate::manifest::MANIFEST_FILE).is_file() {
+        if !crate::manifest::is_bundle_dir(&dir) {
             return Err(RegistryError::NotFound {
                 what: format!("folder {}", dir.display()),
                 problem: format!(

@@ -90,11 +90,47 @@ pub fn parse_tag(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// What [`register_with`] may do beyond [`register`].
+#[derive(Debug, Clone, Default)]
+pub struct RegisterOptions {
+    /// Register as exactly this version instead of the next one. It must be
+    /// above every number the model has had (registered, reserved or
+    /// deleted), so a number still always means the same files; used to
+    /// keep a Triton repository's version numbers.
+    pub version: Option<u64>,
+    /// The folder recorded as the source (and whose git provenance is
+    /// recorded) when `source` is a staging copy of it.
+    pub provenance: Option<PathBuf>,
+}
+
 /// Validates, copies and records one bundle; see the module documentation.
 pub fn register(req: &RegisterRequest) -> Result<Registered, RegistryError> {
+    register_with(req, &RegisterOptions::default())
+}
+
+/// [`register`], with an explicit version number or provenance.
+pub fn register_with(
+    req: &RegisterRequest,
+    opts: &RegisterOptions,
+) -> Result<Registered, RegistryError> {
     check_model_name(&req.name)?;
     let source = std::fs::canonicalize(&req.source)
         .map_err(RegistryError::io(&req.source, "cannot open bundle folder"))?;
+    if !source.join(crate::manifest::MANIFEST_FILE).is_file()
+        && crate::triton::config::config_of_version_dir(&source).is_some()
+    {
+        // Its config and labels live in the folder above: a copy of the
+        // version folder alone would not load.
+        return Err(RegistryError::Invalid {
+            what: format!("bundle folder {}", source.display()),
+            problem: format!(
+                "it is a version folder of a Triton model (no {}; its configuration is {}): \
+                 register the Triton repository with `ferroserve import-triton`",
+                crate::manifest::MANIFEST_FILE,
+                crate::triton::config::CONFIG_FILE
+            ),
+        });
+    }
     let manifest = Manifest::load(&source)?;
     if manifest.name != req.name {
         return Err(RegistryError::Invalid {
@@ -122,8 +158,12 @@ pub fn register(req: &RegisterRequest) -> Result<Registered, RegistryError> {
         }
         drop(model);
     }
+    let origin = match &opts.provenance {
+        Some(p) => std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()),
+        None => source.clone(),
+    };
     let git = if req.record_git {
-        git::provenance(&source)
+        git::provenance(&origin)
     } else {
         GitInfo::default()
     };
@@ -178,7 +218,7 @@ pub fn register(req: &RegisterRequest) -> Result<Registered, RegistryError> {
         .clone()
         .unwrap_or(manifest.description.clone());
     let at = super::now_rfc3339();
-    let source_dir = source.to_string_lossy().into_owned();
+    let source_dir = origin.to_string_lossy().into_owned();
 
     super::pause_point("copied");
     let db = store.path().to_path_buf();
@@ -210,7 +250,32 @@ pub fn register(req: &RegisterRequest) -> Result<Registered, RegistryError> {
         // number, once given out, always means the same files.
         let deleted = store::high_water(&tx, &db, &req.name)?;
         let reserved = journal::max_pending(&tx, &db, &req.name)?;
-        pending.version = from_rows.max(from_folders).max(deleted).max(reserved) + 1;
+        let next = from_rows.max(from_folders).max(deleted).max(reserved) + 1;
+        pending.version = match opts.version {
+            None => next,
+            Some(v) if v >= next => v,
+            Some(v) => {
+                let problem = if store::version_exists(&tx, &db, &req.name, v)? {
+                    "it is already registered".to_string()
+                } else if model_dir.join(v.to_string()).exists() {
+                    format!(
+                        "its folder {} already exists",
+                        model_dir.join(v.to_string()).display()
+                    )
+                } else {
+                    format!(
+                        "the numbers of {:?} up to {} are taken (registered, reserved or deleted; \
+                         a number is never given to other files)",
+                        req.name,
+                        next - 1
+                    )
+                };
+                return Err(RegistryError::Invalid {
+                    what: format!("version {}:{v}", req.name),
+                    problem,
+                });
+            }
+        };
         pending.audit = serde_json::json!({
             "model": pending.model,
             "version": pending.version,

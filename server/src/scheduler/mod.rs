@@ -17,6 +17,7 @@ use ferroserve_backend_core::{Backend, Tensor};
 use tokio::sync::oneshot;
 
 use crate::infer::{InferError, InferOutput};
+use crate::infer_stats::InferStats;
 
 pub use batcher::BatchPolicy;
 
@@ -29,6 +30,9 @@ pub struct Job {
     pub enqueued: Instant,
     pub deadline: Instant,
     pub reply: oneshot::Sender<Result<InferOutput, InferError>>,
+    /// Whether the batch it runs in counts in the model's statistics
+    /// (false for warm-up requests).
+    pub counted: bool,
 }
 
 impl Job {
@@ -62,13 +66,16 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts the batcher and one worker thread per backend instance.
+    /// Starts the batcher and one worker thread per backend instance. The
+    /// workers record every batch in `batch_rows` and, for batches of
+    /// counted jobs, in `stats`.
     pub fn start(
         label: &str,
         backends: Vec<Box<dyn Backend>>,
         policy: BatchPolicy,
         max_queue_size: usize,
         batch_rows: prometheus::Histogram,
+        stats: std::sync::Arc<InferStats>,
     ) -> std::io::Result<Scheduler> {
         let (queue_tx, queue_rx) = crossbeam_channel::bounded::<Job>(max_queue_size);
         let batched = policy.max_batch_size > 0;
@@ -81,6 +88,7 @@ impl Scheduler {
                 batched,
                 batcher: std::sync::Arc::clone(&shared),
                 batch_rows: batch_rows.clone(),
+                stats: std::sync::Arc::clone(&stats),
             };
             std::thread::Builder::new()
                 .name(format!("{label}-worker-{i}"))

@@ -8,6 +8,7 @@ use ferroserve_backend_core::{Backend, Tensor};
 use super::batcher::Batcher;
 use super::Job;
 use crate::infer::{InferError, InferOutput};
+use crate::infer_stats::{BatchTimes, InferStats};
 
 /// An OS thread that owns one backend session and runs whole batches on it.
 pub(super) struct Worker {
@@ -17,6 +18,7 @@ pub(super) struct Worker {
     /// the next batch.
     pub batcher: Arc<Mutex<Batcher>>,
     pub batch_rows: prometheus::Histogram,
+    pub stats: Arc<InferStats>,
 }
 
 impl Worker {
@@ -42,9 +44,13 @@ impl Worker {
     fn run_batch(&mut self, jobs: Vec<Job>) {
         let started = Instant::now();
         let rows: Vec<usize> = jobs.iter().map(|j| j.rows).collect();
-        self.batch_rows.observe(rows.iter().sum::<usize>() as f64);
-        let result = stack_inputs(&jobs).and_then(|inputs| self.run_backend(inputs));
-        let compute_time = started.elapsed();
+        let total_rows: usize = rows.iter().sum();
+        self.batch_rows.observe(total_rows as f64);
+        let stacked = stack_inputs(&jobs);
+        let stacked_at = Instant::now();
+        let result = stacked.and_then(|inputs| self.run_backend(inputs));
+        let ran_at = Instant::now();
+        let compute_time = ran_at - started;
         let outputs = match result {
             Ok(outputs) => outputs,
             // One bad request (an index out of range, say) fails the whole
@@ -71,11 +77,22 @@ impl Worker {
                 Err(e) => return fail_all(jobs, e),
             }
         };
+        let times = BatchTimes {
+            input: stacked_at - started,
+            infer: ran_at - stacked_at,
+            output: ran_at.elapsed(),
+        };
+        // Recorded before anyone is answered: a client that has its answer
+        // finds its batch in the statistics.
+        if jobs.iter().any(|j| j.counted) {
+            self.stats.batch(total_rows, &times);
+        }
         for (job, outputs) in jobs.into_iter().zip(per_job) {
             let _ = job.reply.send(Ok(InferOutput {
                 outputs,
                 queue_time: started - job.enqueued,
                 compute_time,
+                batch: times,
             }));
         }
     }
