@@ -335,7 +335,10 @@ pub fn constant_from_proto(t: &onnx::TensorProto) -> Result<Constant, String> {
         }
         shape.push(d as usize);
     }
-    let count: usize = shape.iter().product();
+    let count = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| format!("shape {:?} has too many elements", t.dims))?;
     let data = match t.data_type {
         data_type::FLOAT => {
             let v: Vec<f32> = if !t.raw_data.is_empty() {
@@ -632,5 +635,97 @@ mod tests {
         assert_eq!(plan.launches[0].args[16], crate::plan::Arg::I32(1));
         let y = graph.outputs[0].0;
         assert_eq!(plan.shapes[y], Some(vec![3, 4]));
+    }
+
+    #[test]
+    fn shapes_past_32_bit_indexing_are_refused_not_overflowed() {
+        let mut m = ModelProto::decode(&model(vec![], data_type::FLOAT)[..]).unwrap();
+        let graph = m.graph.as_mut().unwrap();
+        graph.input = vec![value("x", data_type::FLOAT, &[1 << 40, 1 << 40])];
+        graph.node = vec![node("Relu", "relu", &["x"], &["y"])];
+        let graph = Graph::decode(&m.encode_to_vec()).unwrap();
+        let e = crate::plan::build(&graph, &[vec![1 << 40, 1 << 40]], &HashMap::new()).unwrap_err();
+        assert!(e.contains("32-bit indexing"), "{e}");
+        // A Reshape target whose dims overflow when multiplied.
+        let e = crate::ops::reshape(&[4], &[1 << 40, 1 << 40, 0], true).unwrap_err();
+        assert!(e.contains("cannot reshape"), "{e}");
+    }
+
+    proptest::proptest! {
+        /// A model file is user input: whatever its bytes, decoding and
+        /// planning answer with a graph or an error, never a panic.
+        #[test]
+        fn any_bytes_decode_or_err(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            if let Ok(g) = Graph::decode(&bytes) {
+                let shapes: Vec<Vec<usize>> = g
+                    .inputs
+                    .iter()
+                    .map(|(_, s)| s.shape.iter().map(|&d| d.clamp(0, 1 << 20) as usize).collect())
+                    .collect();
+                let _ = crate::plan::build(&g, &shapes, &HashMap::new());
+            }
+        }
+    }
+
+    fn int_attr(name: &str, v: i64) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            r#type: attribute_type::INT,
+            i: v,
+            ..Default::default()
+        }
+    }
+
+    fn ints_attr(name: &str, v: Vec<i64>) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            r#type: attribute_type::INTS,
+            ints: v,
+            ..Default::default()
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        /// One node of any supported operator, with arbitrary (often
+        /// nonsensical) shapes and attributes: loading and planning refuse
+        /// what does not fit with an error, and never panic.
+        #[test]
+        fn any_single_node_plans_or_errs(
+            op in proptest::sample::select(crate::SUPPORTED_OPS.iter().copied().filter(|o| *o != "Constant").collect::<Vec<_>>()),
+            shapes in proptest::collection::vec(proptest::collection::vec(0usize..5, 0..6), 1..4),
+            attrs in proptest::collection::vec((0usize..12, proptest::collection::vec(proptest::prop_oneof![-3i64..8, 0i64..1 << 40], 0..6)), 0..2),
+        ) {
+            let names = ["axis", "perm", "kernel_shape", "strides", "pads", "dilations", "group", "transA", "transB", "allowzero", "ceil_mode", "count_include_pad"];
+            let mut n = node(op, "n", &[], &["y"]);
+            let mut inputs = Vec::new();
+            for (i, sh) in shapes.iter().enumerate() {
+                let name = format!("x{i}");
+                n.input.push(name.clone());
+                inputs.push(value(&name, data_type::FLOAT, &sh.iter().map(|&d| d as i64).collect::<Vec<_>>()));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for (k, v) in attrs {
+                if !seen.insert(k) { continue; }
+                let name = names[k];
+                let single = matches!(name, "axis" | "group" | "transA" | "transB" | "allowzero" | "ceil_mode" | "count_include_pad");
+                n.attribute.push(if single { int_attr(name, v.first().copied().unwrap_or(0)) } else { ints_attr(name, v) });
+            }
+            let m = ModelProto {
+                ir_version: 8,
+                opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17 }],
+                graph: Some(GraphProto {
+                    node: vec![n],
+                    name: "g".into(),
+                    initializer: vec![],
+                    input: inputs,
+                    output: vec![value("y", data_type::FLOAT, &[])],
+                }),
+            };
+            if let Ok(g) = Graph::decode(&m.encode_to_vec()) {
+                let concrete: Vec<Vec<usize>> = shapes.clone();
+                let _ = crate::plan::build(&g, &concrete, &HashMap::new());
+            }
+        }
     }
 }

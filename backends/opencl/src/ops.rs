@@ -346,10 +346,15 @@ impl Window {
         let mut pad_end = pads[n..].to_vec();
         let mut output = vec![0; n];
         for d in 0..n {
-            let span = (kernel[d] - 1) * dilations[d] + 1;
+            // Attributes are the model's: saturate rather than overflow.
+            let span = (kernel[d] - 1)
+                .saturating_mul(dilations[d])
+                .saturating_add(1);
             match self.auto_pad {
                 AutoPad::NotSet => {
-                    let padded = input[d] + pad_begin[d] + pad_end[d];
+                    let padded = input[d]
+                        .saturating_add(pad_begin[d])
+                        .saturating_add(pad_end[d]);
                     if padded < span {
                         return Err(format!(
                             "spatial dimension {d}: the window ({span}) is larger than the padded input ({padded})"
@@ -362,7 +367,9 @@ impl Window {
                         room / strides[d] + 1
                     };
                     // A last window that would start in the end padding is dropped.
-                    if self.ceil_mode && (out - 1) * strides[d] >= input[d] + pad_begin[d] {
+                    if self.ceil_mode
+                        && (out - 1) * strides[d] >= input[d].saturating_add(pad_begin[d])
+                    {
                         out -= 1;
                     }
                     output[d] = out;
@@ -385,7 +392,10 @@ impl Window {
                 }
                 AutoPad::SameUpper | AutoPad::SameLower => {
                     let out = input[d].div_ceil(strides[d]);
-                    let total = ((out - 1) * strides[d] + span).saturating_sub(input[d]);
+                    let total = (out - 1)
+                        .saturating_mul(strides[d])
+                        .saturating_add(span)
+                        .saturating_sub(input[d]);
                     let (b, e) = if self.auto_pad == AutoPad::SameUpper {
                         (total / 2, total - total / 2)
                     } else {
@@ -464,7 +474,8 @@ pub fn broadcast_strides(shape: &[usize], ndim: usize) -> Vec<usize> {
 
 /// Reshape's target shape, resolving 0 (copy, unless `allow_zero`) and -1.
 pub fn reshape(input: &[usize], target: &[i64], allow_zero: bool) -> Result<Vec<usize>, String> {
-    let total: usize = input.iter().product();
+    let prod = |s: &[usize]| s.iter().fold(1usize, |n, &d| n.saturating_mul(d));
+    let total = prod(input);
     let mut out = Vec::with_capacity(target.len());
     let mut infer = None;
     for (i, &t) in target.iter().enumerate() {
@@ -481,7 +492,7 @@ pub fn reshape(input: &[usize], target: &[i64], allow_zero: bool) -> Result<Vec<
             t => return Err(format!("shape {target:?} has invalid dimension {t}")),
         }
     }
-    let known: usize = out.iter().product();
+    let known = prod(&out);
     if let Some(i) = infer {
         if known == 0 || !total.is_multiple_of(known) {
             return Err(format!(

@@ -73,9 +73,23 @@ impl Plan {
 /// Work-group size of one-dimensional launches.
 const GROUP_1D: usize = 64;
 
+/// Elements of a shape, saturating: a model may declare any dims, and an
+/// overflow must become a refusal (see `MAX_ELEMENTS`), not a panic.
 fn count(shape: &[usize]) -> usize {
-    shape.iter().product()
+    shape.iter().fold(1usize, |n, &d| n.saturating_mul(d))
 }
+
+/// A window attribute as a kernel argument. Shapes are checked against
+/// `MAX_ELEMENTS`; attributes such as a stride are the model's own and may
+/// be larger, which saturates: every kernel bounds-checks its reads
+/// against the real sizes, so a saturated value cannot reach outside a
+/// buffer.
+fn sat(v: usize) -> i32 {
+    v.min(MAX_ELEMENTS) as i32
+}
+
+/// The kernels index with 32-bit integers.
+const MAX_ELEMENTS: usize = i32::MAX as usize;
 
 fn int(v: usize, what: &str) -> Result<i32, String> {
     i32::try_from(v).map_err(|_| format!("{what} ({v}) exceeds the kernels' 32-bit indexing"))
@@ -135,6 +149,12 @@ pub fn build(
         }
     }
     for ((id, spec), shape) in graph.inputs.iter().zip(input_shapes) {
+        if count(shape) > MAX_ELEMENTS {
+            return Err(format!(
+                "input {:?} of shape {shape:?} has more elements than the kernels' 32-bit indexing allows",
+                spec.name
+            ));
+        }
         p.shapes[*id] = Some(shape.clone());
         if graph.kinds[*id] == Kind::F32 {
             p.storage[*id] = Storage::Slot(p.slot_bytes.len());
@@ -347,14 +367,11 @@ pub fn build(
                 let x = shape(0)?.clone();
                 let r = x.len();
                 let a = ops::axis(*axis, r, r.max(1)).map_err(&err)?;
-                let outer: usize = x[..a].iter().product();
+                let outer: usize = count(&x[..a]);
                 let (len, inner) = if *coerce_2d {
-                    (x[a..].iter().product(), 1)
+                    (count(&x[a..]), 1)
                 } else {
-                    (
-                        x.get(a).copied().unwrap_or(1),
-                        x[(a + 1).min(r)..].iter().product(),
-                    )
+                    (x.get(a).copied().unwrap_or(1), count(&x[(a + 1).min(r)..]))
                 };
                 if outer * inner * len > 0 {
                     p.launch_1d(
@@ -392,7 +409,7 @@ pub fn build(
                 let o = vec![nb, m, oh, ow];
                 if count(&o) > 0 {
                     int(count(&o).max(count(&x)), "elements").map_err(&err)?;
-                    let i = |v: usize| Arg::I32(v as i32);
+                    let i = |v: usize| Arg::I32(sat(v));
                     let xi = input(0).expect("X");
                     let wi = input(1).expect("W");
                     let (cg, mg) = (c / group, m / group);
@@ -478,7 +495,7 @@ pub fn build(
                                         (img * m + g * mg) * pixels,
                                         g * mg,
                                     ]
-                                    .map(|v| v as i32),
+                                    .map(sat),
                                 );
                             }
                         }
@@ -548,7 +565,7 @@ pub fn build(
                                 r.pad_begin[d],
                                 r.pad_end[d],
                             ]
-                            .map(|v| v as i32),
+                            .map(sat),
                         );
                     }
                 }
@@ -580,7 +597,7 @@ pub fn build(
                     )));
                 }
                 let channels = x[0] * x[1];
-                let spatial: usize = x[2..].iter().product();
+                let spatial: usize = count(&x[2..]);
                 if channels > 0 {
                     p.launch_1d(
                         Kernel::GlobalAveragePool,
@@ -613,7 +630,7 @@ pub fn build(
                 }
                 let n = count(&x);
                 if n > 0 {
-                    let inner: usize = x[2..].iter().product();
+                    let inner: usize = count(&x[2..]);
                     let mut args: Vec<Arg> = vec![Arg::Value(input(0).expect("X"))];
                     for slot in 1..5 {
                         args.push(Arg::Value(input(slot).expect("checked")));
@@ -633,7 +650,7 @@ pub fn build(
                 let x = shape(0)?.clone();
                 let a = ops::axis(*axis, x.len(), x.len() + 1).map_err(&err)?;
                 alias = input(0);
-                vec![x[..a].iter().product(), x[a..].iter().product()]
+                vec![count(&x[..a]), count(&x[a..])]
             }
             Op::Reshape { allow_zero } => {
                 let x = shape(0)?.clone();
@@ -711,7 +728,7 @@ pub fn build(
                     }
                     o[a] += s[a];
                 }
-                let inner: usize = first[a + 1..].iter().product();
+                let inner: usize = count(&first[a + 1..]);
                 let dst_row = o[a] * inner;
                 let mut offset = 0;
                 let shapes = (0..node.inputs.len())
@@ -747,6 +764,11 @@ pub fn build(
                 x
             }
         };
+        if count(&out_shape) > MAX_ELEMENTS {
+            return Err(err(format!(
+                "output shape {out_shape:?} has more elements than the kernels' 32-bit indexing allows"
+            )));
+        }
         p.shapes[out] = Some(out_shape.clone());
         match alias {
             Some(src) => p.storage[out] = p.storage[src],

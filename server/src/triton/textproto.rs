@@ -973,4 +973,24 @@ mod tests {
         let e = err("a: 'é' b");
         assert_eq!(e.pos, Pos { line: 1, col: 8 });
     }
+
+    proptest::proptest! {
+        /// A config.pbtxt is user input: whatever its bytes, parsing
+        /// answers with a message or an error naming a line, never a panic.
+        #[test]
+        fn any_text_parses_or_errs_without_panicking(text in "[ -~\\n\\t{}\\[\\]:;,\"'#-]{0,200}") {
+            if let Err(e) = parse(&text) {
+                proptest::prop_assert!(e.to_string().contains("line"), "{e}");
+            }
+        }
+
+        /// Valid configs built from pieces round-trip their scalar values.
+        #[test]
+        fn numbers_and_strings_survive(n in -1_000_000i64..1_000_000, s in "[a-zA-Z0-9_ ]{0,20}") {
+            let text = format!("a: {n}\nb: \"{s}\"\nc {{ d: {n} }}\n");
+            let m = parse(&text).unwrap();
+            let shown = format!("{m:?}");
+            proptest::prop_assert!(shown.contains(&n.to_string()), "{shown}");
+        }
+    }
 }
