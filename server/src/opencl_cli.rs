@@ -61,10 +61,8 @@ pub enum OpenclCliError {
 
 fn selector(device: &str) -> Result<DeviceSelector, OpenclCliError> {
     device
-        .strip_prefix("opencl:")
-        .and_then(|n| n.parse::<usize>().ok())
-        .map(DeviceSelector::Index)
-        .ok_or_else(|| OpenclCliError::Selector(device.to_string()))
+        .parse()
+        .map_err(|_| OpenclCliError::Selector(device.to_string()))
 }
 
 pub fn run(command: OpenclCommand) -> Result<(), OpenclCliError> {

@@ -43,6 +43,18 @@ impl std::fmt::Display for DeviceSelector {
     }
 }
 
+impl std::str::FromStr for DeviceSelector {
+    type Err = String;
+
+    /// `opencl:N`, as `instances.device` and the CLI write a device number.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.strip_prefix("opencl:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .map(DeviceSelector::Index)
+            .ok_or_else(|| format!("expected opencl:N, got {s:?}"))
+    }
+}
+
 /// One OpenCL device as `ferroserve opencl devices` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceInfo {

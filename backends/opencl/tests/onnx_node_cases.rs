@@ -19,6 +19,7 @@
 //!   of running the writer (into `target/onnx-node-cases`).
 //! - `FERROSERVE_ONNX_NODE_FILTER=TEXT`: only cases whose name contains TEXT.
 //! - `FERROSERVE_REQUIRE_OPENCL=1`: fail, rather than skip, without an OpenCL device.
+//! - `FERROSERVE_OPENCL_DEVICE=opencl:N`: the device (default opencl:0).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -29,7 +30,20 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use ferroserve_backend_core::{Backend, BackendError, DataType, Tensor};
-use ferroserve_backend_opencl::{opencl_available, LoadSpec, OpenClModel, SUPPORTED_OPS};
+use ferroserve_backend_opencl::{
+    opencl_available, DeviceSelector, LoadSpec, OpenClModel, SUPPORTED_OPS,
+};
+
+/// `FERROSERVE_OPENCL_DEVICE=opencl:N` runs the cases on another device
+/// than opencl:0 (scripts/gpu-check.sh picks a GPU that way).
+fn device() -> DeviceSelector {
+    match std::env::var("FERROSERVE_OPENCL_DEVICE") {
+        Ok(s) => s
+            .parse()
+            .unwrap_or_else(|e| panic!("FERROSERVE_OPENCL_DEVICE: {e}")),
+        Err(_) => DeviceSelector::Index(0),
+    }
+}
 use serde::Deserialize;
 
 /// Cases whose operators are all supported but which the backend refuses on
@@ -344,7 +358,10 @@ fn run_case(case: &CaseFile, dir: &Path) -> Outcome {
         .iter()
         .find(|(name, _)| *name == case.name)
         .map(|&(_, text)| text);
-    let loaded = OpenClModel::load(&LoadSpec::new(dir.join("model.onnx")));
+    let loaded = OpenClModel::load(&LoadSpec {
+        device: device(),
+        ..LoadSpec::new(dir.join("model.onnx"))
+    });
     match (unsupported, refusal, loaded) {
         (Some(op), _, Err(BackendError::Load(msg))) => {
             let want = format!("unsupported operator \"{op}\"");

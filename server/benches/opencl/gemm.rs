@@ -167,8 +167,17 @@ impl GemmRun {
 /// Loads `model` on opencl:0 and runs it back to back: `warmup`, then at
 /// least `measure` (and three runs).
 pub fn measure(gemm: &GemmModel, warmup: Duration, measure: Duration) -> Result<GemmRun> {
-    let model = OpenClModel::load(&LoadSpec::new(&gemm.path))
-        .with_context(|| format!("loading {} on opencl:0", gemm.path.display()))?;
+    // `FERROSERVE_OPENCL_DEVICE=opencl:N` measures another device (a GPU:
+    // scripts/gpu-check.sh).
+    let device = std::env::var("FERROSERVE_OPENCL_DEVICE").unwrap_or_else(|_| "opencl:0".into());
+    let spec = LoadSpec {
+        device: device
+            .parse()
+            .map_err(|e| anyhow::anyhow!("FERROSERVE_OPENCL_DEVICE: {e}"))?,
+        ..LoadSpec::new(&gemm.path)
+    };
+    let model = OpenClModel::load(&spec)
+        .with_context(|| format!("loading {} on {device}", gemm.path.display()))?;
     let mut session = model.session()?;
     let n = gemm.size;
     let input = Tensor::new(
