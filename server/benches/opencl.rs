@@ -48,6 +48,7 @@ mod process;
 mod server_stats;
 #[path = "serving/settings.rs"]
 mod settings;
+use settings::{heading, ratio, show};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -678,21 +679,5 @@ impl Comparison {
             "ort": self.ort.json(self.load.rows),
             "opencl": self.ocl.json(self.load.rows),
         })
-    }
-}
-
-fn heading(text: &str) {
-    println!("\n{text}");
-}
-
-fn show(c: Option<f64>) -> String {
-    c.map_or("?".to_string(), |c| format!("{c:.2}"))
-}
-
-fn ratio(ours: f64, reference: f64) -> f64 {
-    if reference > 0.0 {
-        ours / reference
-    } else {
-        0.0
     }
 }

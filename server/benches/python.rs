@@ -40,6 +40,7 @@ mod reference;
 mod server_stats;
 #[path = "serving/settings.rs"]
 mod settings;
+use settings::{heading, ratio, show};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -681,20 +682,4 @@ fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // After the command name: state, then the parent's pid.
     stat[stat.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok()
-}
-
-fn heading(text: &str) {
-    println!("\n{text}");
-}
-
-fn show(c: Option<f64>) -> String {
-    c.map_or("?".to_string(), |c| format!("{c:.2}"))
-}
-
-fn ratio(ours: f64, reference: f64) -> f64 {
-    if reference > 0.0 {
-        ours / reference
-    } else {
-        0.0
-    }
 }

@@ -37,6 +37,7 @@ mod process;
 mod server_stats;
 #[path = "serving/settings.rs"]
 mod settings;
+use settings::{heading, ratio};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -620,18 +621,6 @@ impl Twin<'_> {
             "grpc_errors": self.grpc.report.error_count(),
             "grpc_run": self.grpc.json(),
         })
-    }
-}
-
-fn heading(text: &str) {
-    println!("\n{text}");
-}
-
-fn ratio(ours: f64, reference: f64) -> f64 {
-    if reference > 0.0 {
-        ours / reference
-    } else {
-        0.0
     }
 }
 

@@ -36,6 +36,7 @@ mod model;
 mod process;
 #[path = "serving/settings.rs"]
 mod settings;
+use settings::heading;
 #[path = "swap/traffic.rs"]
 mod traffic;
 
@@ -598,10 +599,6 @@ impl Stats {
     }
 }
 
-fn heading(text: &str) {
-    println!("\n{text}");
-}
-
 fn print_indented(text: &str) {
     for line in text.lines() {
         println!("  {line}");
@@ -615,11 +612,7 @@ fn loud(text: &str) {
 }
 
 fn ratio(ours: Duration, reference: Duration) -> f64 {
-    if reference.is_zero() {
-        0.0
-    } else {
-        ours.as_secs_f64() / reference.as_secs_f64()
-    }
+    settings::ratio(ours.as_secs_f64(), reference.as_secs_f64())
 }
 
 fn opt(v: Option<f64>) -> String {

@@ -216,10 +216,10 @@ pub fn build(
                 p.tables.push(vec![0, 0, 0, 0]);
                 gemm_launch(
                     &mut p,
-                    input(0).expect("A"),
-                    input(1).expect("B"),
-                    c_arg,
-                    out,
+                    Arg::Value(input(0).expect("A")),
+                    Arg::Value(input(1).expect("B")),
+                    Arg::Value(c_arg),
+                    Arg::Value(out),
                     [m, n, k],
                     [a_rs, a_cs, b_rs, b_cs, c_rs, c_cs],
                     has_c,
@@ -282,10 +282,10 @@ pub fn build(
                 let a_id = input(0).expect("A");
                 gemm_launch(
                     &mut p,
-                    a_id,
-                    input(1).expect("B"),
-                    a_id,
-                    out,
+                    Arg::Value(a_id),
+                    Arg::Value(input(1).expect("B")),
+                    Arg::Value(a_id),
+                    Arg::Value(out),
                     [m, n, k],
                     [k, 1, n, 1, 0, 0],
                     0,
@@ -413,33 +413,34 @@ pub fn build(
                     let xi = input(0).expect("X");
                     let wi = input(1).expect("W");
                     let (cg, mg) = (c / group, m / group);
+                    // Stride, padding at the start, dilation: both kernels
+                    // take them in this order.
+                    let geometry = [
+                        r.strides[0],
+                        r.strides[1],
+                        r.pad_begin[0],
+                        r.pad_begin[1],
+                        r.dilations[0],
+                        r.dilations[1],
+                    ]
+                    .map(i);
                     if cg == 1 && mg == 1 {
                         // Depthwise: one channel per group; the direct kernel.
                         p.launches.push(Launch {
                             kernel: Kernel::Conv2d,
-                            args: vec![
-                                Arg::Value(xi),
-                                Arg::Value(wi),
-                                Arg::Value(input(2).unwrap_or(xi)),
-                                Arg::I32(input(2).is_some() as i32),
-                                Arg::Value(out),
-                                i(c),
-                                i(x[2]),
-                                i(x[3]),
-                                i(m),
-                                i(oh),
-                                i(ow),
-                                i(w[2]),
-                                i(w[3]),
-                                i(r.strides[0]),
-                                i(r.strides[1]),
-                                i(r.pad_begin[0]),
-                                i(r.pad_begin[1]),
-                                i(r.dilations[0]),
-                                i(r.dilations[1]),
-                                i(*group),
-                                Arg::I32(act),
-                            ],
+                            args: [
+                                vec![
+                                    Arg::Value(xi),
+                                    Arg::Value(wi),
+                                    Arg::Value(input(2).unwrap_or(xi)),
+                                    Arg::I32(input(2).is_some() as i32),
+                                    Arg::Value(out),
+                                ],
+                                [c, x[2], x[3], m, oh, ow, w[2], w[3]].map(i).to_vec(),
+                                geometry.to_vec(),
+                                vec![i(*group), Arg::I32(act)],
+                            ]
+                            .concat(),
                             // Fixed work-group size; see `launch_1d`.
                             global: vec![(oh * ow).next_multiple_of(16), m.div_ceil(4), nb],
                             local: Some(vec![16, 1, 1]),
@@ -463,25 +464,13 @@ pub fn build(
                             p.launch_1d(
                                 Kernel::Im2col,
                                 nb * group * kd,
-                                vec![
-                                    Arg::Value(xi),
-                                    Arg::Scratch(slot),
-                                    i(c),
-                                    i(x[2]),
-                                    i(x[3]),
-                                    i(w[2]),
-                                    i(w[3]),
-                                    i(r.strides[0]),
-                                    i(r.strides[1]),
-                                    i(r.pad_begin[0]),
-                                    i(r.pad_begin[1]),
-                                    i(r.dilations[0]),
-                                    i(r.dilations[1]),
-                                    i(oh),
-                                    i(ow),
-                                    i(*group),
-                                    i(nb * group * kd),
-                                ],
+                                [
+                                    vec![Arg::Value(xi), Arg::Scratch(slot)],
+                                    [c, x[2], x[3], w[2], w[3]].map(i).to_vec(),
+                                    geometry.to_vec(),
+                                    [oh, ow, *group, nb * group * kd].map(i).to_vec(),
+                                ]
+                                .concat(),
                             );
                             Arg::Scratch(slot)
                         };
@@ -502,31 +491,22 @@ pub fn build(
                         let t = p.tables.len();
                         p.tables.push(table);
                         let bias = input(2);
-                        p.launches.push(Launch {
-                            kernel: Kernel::Gemm,
-                            args: vec![
-                                i(mg),
-                                i(pixels),
-                                i(kd),
-                                Arg::Value(wi),
-                                i(kd),
-                                i(1),
-                                matrix,
-                                i(pixels),
-                                i(1),
-                                Arg::Value(bias.unwrap_or(wi)),
-                                i(1),
-                                i(0),
-                                Arg::I32(bias.is_some() as i32),
-                                Arg::Value(out),
-                                Arg::F32(1.0),
-                                Arg::F32(1.0),
-                                Arg::I32(act),
-                                Arg::Table(t),
-                            ],
-                            global: gemm_global(mg, pixels, nb * group),
-                            local: Some(vec![16, 1, 1]),
-                        });
+                        gemm_launch(
+                            &mut p,
+                            Arg::Value(wi),
+                            matrix,
+                            Arg::Value(bias.unwrap_or(wi)),
+                            Arg::Value(out),
+                            [mg, pixels, kd],
+                            [kd, 1, pixels, 1, 1, 0],
+                            bias.is_some() as i32,
+                            1.0,
+                            1.0,
+                            act,
+                            t,
+                            nb * group,
+                        )
+                        .map_err(&err)?;
                     }
                 }
                 o
@@ -790,10 +770,10 @@ pub fn build(
 #[allow(clippy::too_many_arguments)]
 fn gemm_launch(
     p: &mut Plan,
-    a: ValueId,
-    b: ValueId,
-    c: ValueId,
-    y: ValueId,
+    a: Arg,
+    b: Arg,
+    c: Arg,
+    y: Arg,
     [m, n, k]: [usize; 3],
     [a_rs, a_cs, b_rs, b_cs, c_rs, c_cs]: [usize; 6],
     has_c: i32,
@@ -813,17 +793,17 @@ fn gemm_launch(
             i(m, "M")?,
             i(n, "N")?,
             i(k, "K")?,
-            Arg::Value(a),
+            a,
             i(a_rs, "stride")?,
             i(a_cs, "stride")?,
-            Arg::Value(b),
+            b,
             i(b_rs, "stride")?,
             i(b_cs, "stride")?,
-            Arg::Value(c),
+            c,
             i(c_rs, "stride")?,
             i(c_cs, "stride")?,
             Arg::I32(has_c),
-            Arg::Value(y),
+            y,
             Arg::F32(alpha),
             Arg::F32(beta),
             Arg::I32(act),

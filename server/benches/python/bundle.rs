@@ -38,12 +38,8 @@ pub struct PyBundle {
 impl PyBundle {
     /// Reads the newest version of `repo/name`.
     pub fn read(repo: &Path, name: &str) -> Result<PyBundle> {
-        let dir = newest_version(&repo.join(name))?;
+        let (dir, doc) = crate::settings::newest_bundle_toml(repo, name)?;
         let file = dir.join("bundle.toml");
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading {}", file.display()))?;
-        let doc: toml::Value =
-            toml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
         let str_at = |table: Option<&str>, key: &str| -> Option<String> {
             let t = match table {
                 Some(t) => doc.get(t)?,
@@ -185,27 +181,4 @@ impl PyBundle {
                 .header("content-type", "application/json")?,
         )
     }
-}
-
-/// The highest numbered version folder of a model.
-fn newest_version(model_dir: &Path) -> Result<PathBuf> {
-    let entries = std::fs::read_dir(model_dir).with_context(|| {
-        format!(
-            "{} is missing: generate the examples with `.venv/bin/python examples/generate.py` \
-             (scripts/bench-python.sh does)",
-            model_dir.display()
-        )
-    })?;
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| Some((e.file_name().to_str()?.parse::<u64>().ok()?, e.path())))
-        .filter(|(_, p)| p.join("bundle.toml").is_file())
-        .max()
-        .map(|(_, p)| p)
-        .with_context(|| {
-            format!(
-                "{} has no version folder with a bundle.toml",
-                model_dir.display()
-            )
-        })
 }

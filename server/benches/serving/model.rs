@@ -28,12 +28,8 @@ pub struct Bundle {
 impl Bundle {
     /// Reads the newest version of `repo/name`.
     pub fn read(repo: &Path, name: &str) -> Result<Bundle> {
-        let dir = newest_version(&repo.join(name))?;
+        let (dir, doc) = crate::settings::newest_bundle_toml(repo, name)?;
         let file = dir.join("bundle.toml");
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading {}", file.display()))?;
-        let doc: toml::Value =
-            toml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
         let first = |key: &str| -> Result<&toml::Value> {
             match doc.get(key).and_then(|v| v.as_array()).map(Vec::as_slice) {
                 Some([one]) => Ok(one),
@@ -171,27 +167,4 @@ fn element_bytes(datatype: &str) -> Option<usize> {
         "UINT64" | "INT64" | "FP64" => 8,
         _ => return None,
     })
-}
-
-/// The highest numbered version folder of a model.
-fn newest_version(model_dir: &Path) -> Result<PathBuf> {
-    let entries = std::fs::read_dir(model_dir).with_context(|| {
-        format!(
-            "{} is missing: generate the examples with `.venv/bin/python examples/generate.py` \
-             (scripts/bench.sh does)",
-            model_dir.display()
-        )
-    })?;
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| Some((e.file_name().to_str()?.parse::<u64>().ok()?, e.path())))
-        .filter(|(_, p)| p.join("bundle.toml").is_file())
-        .max()
-        .map(|(_, p)| p)
-        .with_context(|| {
-            format!(
-                "{} has no version folder with a bundle.toml",
-                model_dir.display()
-            )
-        })
 }

@@ -47,6 +47,36 @@ pub fn python(workspace: &Path, script: &str) -> Result<PathBuf> {
     Ok(python)
 }
 
+/// The `bundle.toml` of the newest version of `repo/name`, parsed, with
+/// that version's folder.
+pub fn newest_bundle_toml(repo: &Path, name: &str) -> Result<(PathBuf, toml::Value)> {
+    let model_dir = repo.join(name);
+    let entries = std::fs::read_dir(&model_dir).with_context(|| {
+        format!(
+            "{} is missing: generate the examples with `.venv/bin/python examples/generate.py` \
+             (the scripts/bench*.sh scripts do)",
+            model_dir.display()
+        )
+    })?;
+    let dir = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| Some((e.file_name().to_str()?.parse::<u64>().ok()?, e.path())))
+        .filter(|(_, p)| p.join("bundle.toml").is_file())
+        .max()
+        .map(|(_, p)| p)
+        .with_context(|| {
+            format!(
+                "{} has no version folder with a bundle.toml",
+                model_dir.display()
+            )
+        })?;
+    let file = dir.join("bundle.toml");
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let doc = toml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+    Ok((dir, doc))
+}
+
 pub fn workspace() -> Result<PathBuf> {
     Ok(Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -102,4 +132,24 @@ pub fn run_json(r: &Report, cpu: &CpuUse) -> Map<String, Value> {
         unreachable!("json! of an object literal is an object")
     };
     map
+}
+
+/// A section of a benchmark's printout.
+pub fn heading(text: &str) {
+    println!("\n{text}");
+}
+
+/// ours / reference, 0 where the reference measured nothing.
+pub fn ratio(ours: f64, reference: f64) -> f64 {
+    if reference > 0.0 {
+        ours / reference
+    } else {
+        0.0
+    }
+}
+
+/// A CPU figure that may be missing (`?`).
+#[allow(dead_code)] // not every benchmark measures per-process CPU
+pub fn show(c: Option<f64>) -> String {
+    c.map_or("?".to_string(), |c| format!("{c:.2}"))
 }

@@ -120,31 +120,40 @@ impl Deployer {
     async fn snapshot(&self) -> Result<Snapshot, DeployError> {
         let repo = self.repo.clone();
         let registry = self.registry;
-        let mut snap = tokio::task::spawn_blocking(move || {
-            if registry {
-                Ok(deployments::snapshot(&repo)?)
+        let previous = self
+            .state
+            .lock()
+            .await
+            .last
+            .as_ref()
+            .map(|last| last.policies.clone())
+            .unwrap_or_default();
+        // Reading the registry and the configs is file I/O: off the async
+        // threads, all of it.
+        tokio::task::spawn_blocking(move || {
+            let mut snap = if registry {
+                deployments::snapshot(&repo)?
             } else {
-                folder_snapshot(&repo)
-            }
-        })
-        .await
-        .map_err(|e| DeployError::Failed(format!("registry reader panicked: {e}")))??;
-        // A Triton config that does not read now (being edited, say) keeps
-        // the version policy it had: the versions it served stay served.
-        if let Some(last) = &self.state.lock().await.last {
-            for (model, policy) in &last.policies {
-                if snap.newest.contains_key(model) && !snap.policies.contains_key(model) {
-                    let config = self
-                        .repo
-                        .join(model)
-                        .join(crate::triton::config::CONFIG_FILE);
-                    if config.is_file() {
-                        snap.policies.insert(model.clone(), policy.clone());
-                    }
+                folder_snapshot(&repo)?
+            };
+            // A Triton config that does not read now (being edited, say)
+            // keeps the version policy it had: the versions it served stay
+            // served.
+            for (model, policy) in previous {
+                if snap.newest.contains_key(&model)
+                    && !snap.policies.contains_key(&model)
+                    && repo
+                        .join(&model)
+                        .join(crate::triton::config::CONFIG_FILE)
+                        .is_file()
+                {
+                    snap.policies.insert(model, policy);
                 }
             }
-        }
-        Ok(snap)
+            Ok(snap)
+        })
+        .await
+        .map_err(|e| DeployError::Failed(format!("registry reader panicked: {e}")))?
     }
 
     /// Reconciles with the registry as it is now. `strict` (start-up):

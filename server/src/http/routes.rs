@@ -324,11 +324,7 @@ async fn infer(
     m.inflight.inc();
     let _guard = InflightGuard(&m.inflight);
     let result = run_infer(state, name, &routed, req).await;
-    match &result {
-        Ok(_) => m.success.inc(),
-        Err(e) => m.failure(e.outcome()),
-    }
-    m.request_duration.observe(started.elapsed().as_secs_f64());
+    model.record(&result, started);
     let mut response = match result {
         Ok(r) => r,
         Err(e) => {
