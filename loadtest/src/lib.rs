@@ -23,9 +23,14 @@
 
 mod caller;
 mod closed_loop;
+pub mod command;
 mod connection;
+pub mod duration;
 mod error;
+pub mod grpc_client;
+pub mod inputs;
 mod open_loop;
+pub mod profiler;
 pub mod progress;
 mod recorder;
 mod report;

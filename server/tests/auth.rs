@@ -6,9 +6,9 @@ mod support;
 
 use std::path::Path;
 
-use ferroserve::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
-use ferroserve::grpc::proto::model_infer_request::InferInputTensor;
-use ferroserve::grpc::proto::{
+use ferroserve_loadtest::grpc_client::grpc_inference_service_client::GrpcInferenceServiceClient;
+use ferroserve_protocol::grpc::proto::model_infer_request::InferInputTensor;
+use ferroserve_protocol::grpc::proto::{
     ModelInferRequest, ModelMetadataRequest, RepositoryIndexRequest, ServerLiveRequest,
 };
 use serde_json::json;

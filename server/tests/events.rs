@@ -11,13 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferroserve::auth::AuthPolicy;
-use ferroserve::endpoints::mirror::MirrorPool;
-use ferroserve::endpoints::RoutingTable;
-use ferroserve::events::{types, BusConfig, EventBus};
-use ferroserve::http::{AppState, HttpLimits};
-use ferroserve::listener::{ConnLimits, ConnOptions};
-use ferroserve::metrics::Metrics;
+use ferroserve_frontend::auth::AuthPolicy;
+use ferroserve_frontend::endpoints::mirror::MirrorPool;
+use ferroserve_frontend::endpoints::RoutingTable;
+use ferroserve_frontend::listener::{ConnLimits, ConnOptions};
+use ferroserve_frontend::metrics::Metrics;
+use ferroserve_frontend::state::{AppState, HttpLimits};
+use ferroserve_registry::events::{BusConfig, EventBus};
+use ferroserve_registry::lifecycle as types;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -404,7 +405,7 @@ fn a_subscriber_receives_events_emitted_while_connected() {
         .build()
         .unwrap();
     let metrics = Arc::new(Metrics::new());
-    let (bus, _) = EventBus::new(BusConfig::default(), &metrics);
+    let (bus, _) = EventBus::new(BusConfig::default(), &metrics.events);
     let state = Arc::new(AppState {
         routes: Arc::new(RoutingTable::new(Arc::new(MirrorPool::new(8, &metrics)))),
         deployer: None,
@@ -427,7 +428,8 @@ fn a_subscriber_receives_events_emitted_while_connected() {
         let stop = async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         };
-        ferroserve::http::serve(listener, state, &opts, stop, Duration::from_secs(30)).await;
+        ferroserve_frontend::http::serve(listener, state, &opts, stop, Duration::from_secs(30))
+            .await;
     });
 
     let mut s = open_stream(addr, None);
@@ -450,7 +452,7 @@ fn a_subscriber_receives_events_emitted_while_connected() {
         String::from_utf8_lossy(&buf)
     );
     let data_line = want.lines().nth(2).unwrap().strip_prefix("data: ").unwrap();
-    let parsed: ferroserve::events::CloudEvent = serde_json::from_str(data_line).unwrap();
+    let parsed: ferroserve_registry::events::CloudEvent = serde_json::from_str(data_line).unwrap();
     assert_eq!(parsed, event);
 
     // Shutdown: close the bus, stop the listener; the stream ends at once.

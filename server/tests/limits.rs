@@ -11,9 +11,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferroserve::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
-use ferroserve::grpc::proto::model_infer_request::InferInputTensor;
-use ferroserve::grpc::proto::ModelInferRequest;
+use ferroserve_loadtest::grpc_client::grpc_inference_service_client::GrpcInferenceServiceClient;
+use ferroserve_protocol::grpc::proto::model_infer_request::InferInputTensor;
+use ferroserve_protocol::grpc::proto::ModelInferRequest;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;

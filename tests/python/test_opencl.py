@@ -700,6 +700,6 @@ def test_binary_check_message_does_not_depend_on_rust_backtrace(device, tmp_path
     name, bundle, want = _bad_bundle("random_binary", tmp_path, device)
     p = ferro.cli("register", bundle, "--repo", repo, "--name", name, check=False)
     assert p.returncode == 1, (p.returncode, p.stderr[-3000:])
-    error = next((l for l in p.stderr.splitlines() if l.startswith("Error: ")), p.stderr[-2000:])
+    error = next((l for l in p.stderr.splitlines() if l.startswith("error: ")), p.stderr[-2000:])
     for part in want:
         assert part in error, f"{part!r} not in {error!r}"

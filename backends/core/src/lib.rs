@@ -9,7 +9,7 @@ mod dtype;
 mod tensor;
 mod timings;
 
-pub use backend::{Backend, BackendError, Signature, TensorSpec};
+pub use backend::{Backend, BackendError, Capabilities, Health, Signature, TensorSpec};
 pub use dtype::DataType;
 pub use tensor::{Tensor, TensorError};
 pub use timings::{DeviceTimings, KernelStat};

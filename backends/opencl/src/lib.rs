@@ -11,11 +11,13 @@
 mod device;
 mod graph;
 mod kernels;
+mod loaded;
 mod model;
 mod onnx;
 mod ops;
 mod plan;
 mod session;
+mod values;
 
 pub use device::{list_devices, DeviceError, DeviceInfo, DeviceSelector};
 pub use kernels::{source as kernel_source, KERNEL_NAMES};

@@ -8,13 +8,14 @@ use std::sync::Arc;
 use ferroserve_backend_core::{BackendError, DeviceTimings, Signature};
 use opencl3::kernel::Kernel as ClKernel;
 use opencl3::memory::{Buffer, CL_MEM_COPY_HOST_PTR, CL_MEM_READ_ONLY};
-use opencl3::program::Program;
 
-use crate::device::{self, DeviceContext, DeviceSelector, ProgramSource};
-use crate::graph::{Graph, HostData, ValueId};
+use crate::device::{self, DeviceSelector, ProgramSource};
+use crate::graph::Graph;
 use crate::kernels::{self, KERNEL_NAMES};
+use crate::loaded::Loaded;
 use crate::plan;
 use crate::session::OpenClSession;
+use crate::values::HostData;
 
 /// What to load and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,11 +90,12 @@ fn probe_binary(probe: &Path, device_index: usize, file: &Path) -> Result<(), St
         use std::io::Read;
         let _ = e.read_to_string(&mut stderr);
     }
-    // The child's own error line, else (a driver that aborted) the last
-    // thing it printed, such as a failed assertion.
+    // The child's own error line (`error: ...`, as the binary prints
+    // errors), else (a driver that aborted) the last thing it printed,
+    // such as a failed assertion.
     let detail = stderr
         .lines()
-        .find_map(|l| l.strip_prefix("Error: "))
+        .find_map(|l| l.strip_prefix("error: "))
         .or_else(|| stderr.lines().rev().find(|l| !l.trim().is_empty()))
         .map(|l| l.trim().to_string())
         .unwrap_or_default();
@@ -110,21 +112,6 @@ fn probe_binary(probe: &Path, device_index: usize, file: &Path) -> Result<(), St
         None => detail,
     })
 }
-
-/// What every session of a model shares.
-pub(crate) struct Loaded {
-    pub graph: Arc<Graph>,
-    pub signature: Signature,
-    pub device: Arc<DeviceContext>,
-    pub program: Arc<Program>,
-    pub weights: HashMap<ValueId, Buffer<u8>>,
-    pub timings: Arc<DeviceTimings>,
-}
-
-// SAFETY: buffers and programs are OpenCL objects, usable from any thread;
-// nothing here is mutated after load.
-unsafe impl Send for Loaded {}
-unsafe impl Sync for Loaded {}
 
 /// A model checked, compiled for and uploaded to one device. Sessions
 /// (one per instance worker) share its program and weights.
@@ -265,7 +252,7 @@ fn check_shapes(graph: &Graph) -> Result<(), String> {
     if graph
         .inputs
         .iter()
-        .any(|(id, _)| graph.kinds[*id] == crate::graph::Kind::I64)
+        .any(|(id, _)| graph.kinds[*id] == crate::values::Kind::I64)
     {
         return Ok(());
     }

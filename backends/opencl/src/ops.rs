@@ -1,7 +1,7 @@
 //! The operators this backend runs: their attributes, read and checked once at
 //! load, and their output shapes, computed on the host for each input shape.
 
-use crate::graph::{Attrs, Constant, HostData, Kind};
+use crate::values::{Attrs, Constant, HostData, Kind};
 
 /// Binary operator codes, as `kernels/opencl/elementwise.cl` numbers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,7 +270,7 @@ fn window(a: &Attrs, pool: bool) -> Result<Window, String> {
 /// Reads a `Constant` node's value.
 pub fn constant(a: &Attrs) -> Result<Constant, String> {
     if let Some(t) = a.tensor("value")? {
-        return crate::graph::constant_from_proto(t)
+        return crate::values::constant_from_proto(t)
             .map_err(|e| format!("attribute \"value\" {e}"));
     }
     if let Some(v) = a.floats("value_floats")? {

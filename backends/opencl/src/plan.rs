@@ -7,9 +7,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::graph::{Graph, HostData, Kind, ValueId};
+use crate::graph::{Graph, ValueId};
 use crate::kernels::Kernel;
 use crate::ops::{self, Op, Unary};
+use crate::values::{HostData, Kind};
 
 /// Where a value's data lives during a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

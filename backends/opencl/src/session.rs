@@ -13,10 +13,11 @@ use opencl3::kernel::Kernel as ClKernel;
 use opencl3::memory::{Buffer, ClMem, CL_MEM_COPY_HOST_PTR, CL_MEM_READ_ONLY, CL_MEM_READ_WRITE};
 use opencl3::types::{cl_mem, CL_BLOCKING, CL_NON_BLOCKING};
 
-use crate::graph::{Kind, ValueId};
+use crate::graph::ValueId;
 use crate::kernels::KERNEL_NAMES;
-use crate::model::Loaded;
+use crate::loaded::Loaded;
 use crate::plan::{self, Arg, Plan, Storage};
+use crate::values::Kind;
 
 /// Distinct input shapes a session keeps plans for; a model with free
 /// dimensions other than the batch could otherwise grow the cache forever.

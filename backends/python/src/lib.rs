@@ -27,7 +27,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use ferroserve_backend_core::{Backend, BackendError, DataType, Signature, Tensor, TensorSpec};
+use ferroserve_backend_core::{
+    Backend, BackendError, Capabilities, DataType, Health, Signature, Tensor, TensorSpec,
+};
 
 pub use env::PipOptions;
 pub use worker::PoolStatus;
@@ -195,6 +197,8 @@ pub fn load(spec: &LoadSpec) -> Result<(Vec<PythonBackend>, Arc<PoolStatus>), Py
                 worker,
                 signature: spec.signature.clone(),
                 run_timeout: spec.run_timeout,
+                style: spec.style,
+                status: Arc::clone(&status),
             }
         })
         .collect();
@@ -206,11 +210,23 @@ pub struct PythonBackend {
     worker: Worker,
     signature: Signature,
     run_timeout: Duration,
+    style: Style,
+    status: Arc<PoolStatus>,
 }
 
 impl Backend for PythonBackend {
     fn signature(&self) -> &Signature {
         &self.signature
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            raw_body: self.style == Style::Raw,
+        }
+    }
+
+    fn health(&self) -> Option<Arc<dyn Health>> {
+        Some(Arc::clone(&self.status) as Arc<dyn Health>)
     }
 
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {

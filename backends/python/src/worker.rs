@@ -39,12 +39,14 @@ pub struct PoolStatus {
     failure: Mutex<Option<String>>,
 }
 
-impl PoolStatus {
+impl ferroserve_backend_core::Health for PoolStatus {
     /// `None` when ready; else why not (init()'s exception and traceback).
-    pub fn failure(&self) -> Option<String> {
+    fn failure(&self) -> Option<String> {
         self.failure.lock().expect("status lock").clone()
     }
+}
 
+impl PoolStatus {
     fn set(&self, failure: Option<String>) {
         *self.failure.lock().expect("status lock") = failure;
     }

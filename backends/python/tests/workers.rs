@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ferroserve_backend_core::{Backend, Tensor};
+use ferroserve_backend_core::{Backend, Health, Tensor};
 use ferroserve_backend_python::{
     configure, env, load, raw_signature, LoadSpec, PipOptions, PythonConfig, Style,
 };

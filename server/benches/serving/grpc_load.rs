@@ -13,10 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use ferroserve::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
-use ferroserve::grpc::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
-use ferroserve::grpc::proto::{ModelInferRequest, ModelInferResponse};
+use ferroserve_loadtest::grpc_client::grpc_inference_service_client::GrpcInferenceServiceClient;
 use ferroserve_loadtest::{Caller, ErrorKind};
+use ferroserve_protocol::grpc::proto::model_infer_request::{
+    InferInputTensor, InferRequestedOutputTensor,
+};
+use ferroserve_protocol::grpc::proto::{ModelInferRequest, ModelInferResponse};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::model::Bundle;
