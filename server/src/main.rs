@@ -13,6 +13,7 @@ use ferroserve::auth::{AuthPolicy, INFERENCE_TOKENS_ENV, MANAGEMENT_TOKENS_ENV};
 use ferroserve::endpoints::cli as ecli;
 use ferroserve::endpoints::mirror::MirrorPool;
 use ferroserve::endpoints::{Deployer, RoutingTable};
+use ferroserve::events::signature::Signer;
 use ferroserve::events::webhook::{self, RetryPolicy};
 use ferroserve::events::{BusConfig, EventBus};
 use ferroserve::grpc::GrpcLimits;
@@ -319,10 +320,9 @@ struct ServeArgs {
     #[arg(long, value_name = "PATH", help_heading = "Security")]
     management_token_file: Option<PathBuf>,
 
-    /// POST every lifecycle event (CloudEvents 1.0 JSON) to this URL;
-    /// repeatable. http:// only for now.
-    #[arg(long = "webhook", value_name = "URL", value_parser = ferroserve::events::webhook::parse_url, help_heading = "Events")]
-    webhooks: Vec<hyper::Uri>,
+    // Boxed: it would make `Serve` much the largest variant of `Command`.
+    #[command(flatten)]
+    webhook: Box<WebhookArgs>,
     /// Seconds one webhook delivery attempt may take.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Events")]
     webhook_timeout_s: u64,
@@ -342,6 +342,133 @@ struct ServeArgs {
     events_keepalive_s: u64,
     #[command(flatten)]
     python: PythonArgs,
+}
+
+/// Where webhooks go and how they are signed. Each `--webhook` takes the
+/// `--webhook-secret-file` written after it (before the next `--webhook`),
+/// so a command line reads as one line per subscription; the positions
+/// clap saw are kept for that pairing (see [`WebhookArgs::webhooks`]).
+#[derive(clap::Args)]
+struct WebhookFlags {
+    /// POST every lifecycle event (CloudEvents 1.0 JSON) to this http:// or
+    /// https:// URL; repeatable. Each delivery carries the Standard Webhooks
+    /// headers webhook-id (the event id, the same on retries), webhook-timestamp
+    /// and webhook-signature, made with the --webhook-secret-file that follows
+    /// this --webhook (required unless --webhook-unsigned).
+    #[arg(long = "webhook", value_name = "URL", value_parser = webhook::parse_url, help_heading = "Events")]
+    webhooks: Vec<webhook::Url>,
+    /// Signing secret of the --webhook written just before it: a file holding
+    /// `whsec_` + base64 of 24 to 64 random bytes (e.g. `echo "whsec_$(openssl
+    /// rand -base64 32)"`), the receiver holding the same. Several lines (blank
+    /// lines and # comments ignored) sign with each, for rotating a secret.
+    /// Kept in a file, not on the command line or in the environment, where
+    /// other processes (the python backend's workers among them) could read it.
+    #[arg(long, value_name = "PATH", help_heading = "Events")]
+    webhook_secret_file: Vec<PathBuf>,
+    /// Send the webhooks that have no --webhook-secret-file without a
+    /// webhook-signature instead of refusing to start. Anyone who can reach
+    /// their receivers can then forge events.
+    #[arg(long, help_heading = "Events")]
+    webhook_unsigned: bool,
+    /// PEM file of CA certificates trusted for https:// webhooks besides the
+    /// system's (for a private CA).
+    #[arg(long, value_name = "PATH", help_heading = "Events")]
+    webhook_ca_file: Option<PathBuf>,
+}
+
+/// [`WebhookFlags`] and where on the command line each `--webhook` and
+/// `--webhook-secret-file` stood, which derive alone does not keep.
+struct WebhookArgs {
+    flags: WebhookFlags,
+    url_at: Vec<usize>,
+    secret_at: Vec<usize>,
+}
+
+impl clap::FromArgMatches for WebhookArgs {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let at = |id: &str| m.indices_of(id).map(Iterator::collect).unwrap_or_default();
+        Ok(WebhookArgs {
+            url_at: at("webhooks"),
+            secret_at: at("webhook_secret_file"),
+            flags: WebhookFlags::from_arg_matches(m)?,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = WebhookArgs::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl clap::Args for WebhookArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        WebhookFlags::augment_args(cmd)
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        WebhookFlags::augment_args_for_update(cmd)
+    }
+}
+
+impl WebhookArgs {
+    /// Pairs each `--webhook` with the `--webhook-secret-file` after it and
+    /// reads the secrets. A webhook with none is refused unless
+    /// `--webhook-unsigned` says so: receivers that check signatures would
+    /// reject its deliveries anyway, and one that does not check would accept
+    /// forged ones, so a silent default either way would mislead.
+    fn webhooks(&self) -> Result<Vec<webhook::Webhook>> {
+        let f = &self.flags;
+        let mut secret_of: Vec<Option<&PathBuf>> = vec![None; f.webhooks.len()];
+        for (path, &at) in f.webhook_secret_file.iter().zip(&self.secret_at) {
+            let Some(i) = self.url_at.iter().rposition(|&u| u < at) else {
+                anyhow::bail!(
+                    "--webhook-secret-file {} comes before any --webhook: write it after the --webhook URL it signs",
+                    path.display()
+                );
+            };
+            if let Some(first) = secret_of[i].replace(path) {
+                anyhow::bail!(
+                    "--webhook {} is followed by two secret files, --webhook-secret-file {} and {}: \
+                     give one per webhook (one file may hold several secrets, one per line)",
+                    f.webhooks[i],
+                    first.display(),
+                    path.display()
+                );
+            }
+        }
+        f.webhooks
+            .iter()
+            .zip(secret_of)
+            .map(|(url, secret)| {
+                let signer = match secret {
+                    Some(path) => Some(Signer::from_file(path).map_err(|e| {
+                        anyhow::anyhow!(
+                            "--webhook-secret-file {} (of --webhook {url}): {e}",
+                            path.display()
+                        )
+                    })?),
+                    None if f.webhook_unsigned => None,
+                    None => anyhow::bail!(
+                        "--webhook {url} has no --webhook-secret-file: write `--webhook-secret-file PATH` \
+                         after it (PATH holding a `whsec_` secret, see --help), or pass --webhook-unsigned \
+                         to send its events unsigned"
+                    ),
+                };
+                Ok(webhook::Webhook::new(url.clone(), signer))
+            })
+            .collect()
+    }
+
+    /// The shared delivery client, trusting `--webhook-ca-file` too.
+    fn client(&self, hooks: &[webhook::Webhook], timeout: Duration) -> Result<reqwest::Client> {
+        let extra = match &self.flags.webhook_ca_file {
+            Some(path) => webhook::read_ca_file(path)
+                .map_err(|e| anyhow::anyhow!("--webhook-ca-file {}: {e}", path.display()))?,
+            None => Vec::new(),
+        };
+        let https = hooks.iter().filter(|h| h.url().scheme() == "https").count();
+        webhook::client(&extra, timeout, https).context("building the webhook client")
+    }
 }
 
 fn main() -> Result<()> {
@@ -453,6 +580,17 @@ fn serve(args: ServeArgs) -> Result<()> {
         (Some(_), None) => anyhow::bail!("--tls-cert needs --tls-key"),
         (None, Some(_)) => anyhow::bail!("--tls-key needs --tls-cert"),
     };
+    let webhooks = args.webhook.webhooks()?;
+    let webhook_client = args
+        .webhook
+        .client(&webhooks, Duration::from_secs(args.webhook_timeout_s))?;
+    for h in &webhooks {
+        if h.is_signed() {
+            tracing::info!(url = %h.name(), "webhook: deliveries signed (Standard Webhooks)");
+        } else {
+            tracing::warn!(url = %h.name(), "webhook: deliveries unsigned (--webhook-unsigned)");
+        }
+    }
     log_security(&auth, tls.is_some());
     warn_if_few_file_descriptors(args.max_connections);
     let lib = runtime::init_onnxruntime()?;
@@ -498,7 +636,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     let (events, webhook_queues) = EventBus::new(
         BusConfig {
-            webhooks: args.webhooks.len(),
+            webhooks: webhooks.len(),
             webhook_queue: usize::try_from(args.webhook_queue).unwrap_or(usize::MAX),
             audit_repo: Some(args.repo.clone()),
             actor: format!("ferroserve serve ({})", registry::register::default_user()),
@@ -604,7 +742,8 @@ fn serve(args: ServeArgs) -> Result<()> {
         };
         webhook::spawn(
             &state.events,
-            args.webhooks.clone(),
+            webhook_client,
+            webhooks,
             webhook_queues,
             RetryPolicy {
                 timeout: Duration::from_secs(args.webhook_timeout_s),

@@ -34,7 +34,8 @@ pub struct Metrics {
     /// `subscriber_lagged`, `audit_queue_full`, `audit_failed`).
     pub events_dropped: IntCounterVec,
     /// Webhook delivery attempts, by outcome (`success`, `http_error`,
-    /// `timeout`, `connect_error`).
+    /// `timeout`, `connect_error`, `tls_error`: the TLS handshake failed,
+    /// e.g. the receiver's certificate is not trusted).
     pub webhook_deliveries: IntCounterVec,
     /// Events a webhook never received (retries exhausted or refused).
     pub webhook_failures: prometheus::IntCounter,

@@ -31,6 +31,7 @@
 
 mod audit;
 mod failures;
+pub mod signature;
 pub mod sse;
 pub mod webhook;
 
