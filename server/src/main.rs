@@ -17,6 +17,7 @@ mod register;
 mod repo;
 mod rollout;
 mod serve;
+mod webhook_args;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -25,6 +25,7 @@ use ferroserve_registry::events::{BusConfig, EventBus};
 use hyper_util::service::TowerToHyperService;
 
 use crate::python::PythonArgs;
+use crate::webhook_args::WebhookArgs;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -122,10 +123,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PATH", help_heading = "Security")]
     pub management_token_file: Option<PathBuf>,
 
-    /// POST every lifecycle event (CloudEvents 1.0 JSON) to this URL;
-    /// repeatable. http:// only for now.
-    #[arg(long = "webhook", value_name = "URL", value_parser = webhook::parse_url, help_heading = "Events")]
-    pub webhooks: Vec<hyper::Uri>,
+    // Boxed: it would make `Serve` much the largest variant of `Command`.
+    #[command(flatten)]
+    pub webhook: Box<WebhookArgs>,
     /// Seconds one webhook delivery attempt may take.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Events")]
     pub webhook_timeout_s: u64,
@@ -161,6 +161,17 @@ pub fn run(args: ServeArgs) -> Result<()> {
         (Some(_), None) => anyhow::bail!("--tls-cert needs --tls-key"),
         (None, Some(_)) => anyhow::bail!("--tls-key needs --tls-cert"),
     };
+    let webhooks = args.webhook.webhooks()?;
+    let webhook_client = args
+        .webhook
+        .client(&webhooks, Duration::from_secs(args.webhook_timeout_s))?;
+    for h in &webhooks {
+        if h.is_signed() {
+            tracing::info!(url = %h.name(), "webhook: deliveries signed (Standard Webhooks)");
+        } else {
+            tracing::warn!(url = %h.name(), "webhook: deliveries unsigned (--webhook-unsigned)");
+        }
+    }
     log_security(&auth, tls.is_some());
     warn_if_few_file_descriptors(args.max_connections);
     let lib = ferroserve_runtime::onnxruntime::init()?;
@@ -206,7 +217,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     let (events, webhook_queues) = EventBus::new(
         BusConfig {
-            webhooks: args.webhooks.len(),
+            webhooks: webhooks.len(),
             webhook_queue: usize::try_from(args.webhook_queue).unwrap_or(usize::MAX),
             audit_repo: Some(args.repo.clone()),
             actor: format!("ferroserve serve ({})", registry::register::default_user()),
@@ -312,7 +323,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         };
         webhook::spawn(
             &state.events,
-            args.webhooks.clone(),
+            webhook_client,
+            webhooks,
             webhook_queues,
             RetryPolicy {
                 timeout: Duration::from_secs(args.webhook_timeout_s),

@@ -129,7 +129,8 @@ pub struct EventCounters {
     /// `subscriber_lagged`, `audit_queue_full`, `audit_failed`).
     pub dropped: IntCounterVec,
     /// Webhook delivery attempts, by outcome (`success`, `http_error`,
-    /// `timeout`, `connect_error`).
+    /// `timeout`, `connect_error`, `tls_error`: the TLS handshake failed,
+    /// e.g. the receiver's certificate is not trusted).
     pub webhook_deliveries: IntCounterVec,
     /// Events a webhook never received (retries exhausted or refused).
     pub webhook_failures: IntCounter,
