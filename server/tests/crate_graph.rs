@@ -38,17 +38,31 @@ const LAYERS: &[(&str, &[&str])] = &[
 const FORBIDDEN: &[(&str, &[&str], &str)] = &[
     (
         "ferroserve-protocol",
-        &["tokio", "hyper", "hyper-util", "tonic", "rusqlite"],
+        &[
+            "tokio",
+            "hyper",
+            "hyper-util",
+            "tonic",
+            "reqwest",
+            "rusqlite",
+        ],
         "the protocol layer knows no sockets, no tokio and no storage",
     ),
     (
         "ferroserve-runtime",
-        &["hyper", "hyper-util", "tonic", "rusqlite", "tokio-rustls"],
+        &[
+            "hyper",
+            "hyper-util",
+            "tonic",
+            "reqwest",
+            "rusqlite",
+            "tokio-rustls",
+        ],
         "the runtime must load and run models without a server or a registry",
     ),
     (
         "ferroserve-registry",
-        &["hyper", "hyper-util", "tonic", "tokio-rustls"],
+        &["hyper", "hyper-util", "tonic", "reqwest", "tokio-rustls"],
         "the registry must not know the front ends",
     ),
 ];
