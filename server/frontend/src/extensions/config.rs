@@ -1,14 +1,17 @@
 //! Triton's model configuration extension: the served model's settings as
 //! a `ModelConfig` message. gRPC's `ModelConfig` answers the message; HTTP's
 //! `GET /v2/models/{m}[/versions/{v}]/config` answers [`to_json`] of the
-//! same message, so the two cannot disagree. Dims leave out the batch
-//! dimension when the model batches, as Triton's do.
+//! same message (protobuf's JSON mapping, through `prost_reflect`), so the
+//! two cannot disagree and every field of the message is in both. Dims
+//! leave out the batch dimension when the model batches, as Triton's do.
 
 use std::collections::HashMap;
 
-use serde_json::{json, Map, Value};
+use prost_reflect::{DynamicMessage, SerializeOptions};
+use serde_json::Value;
 
 use crate::endpoints::routing::Served;
+use ferroserve_protocol::grpc::descriptors;
 use ferroserve_protocol::grpc::proto::model_config::SchedulingChoice;
 use ferroserve_protocol::grpc::proto::model_input::Format;
 use ferroserve_protocol::grpc::proto::model_instance_group::Kind;
@@ -16,7 +19,7 @@ use ferroserve_protocol::grpc::proto::model_queue_policy::TimeoutAction;
 use ferroserve_protocol::grpc::proto::model_version_policy::{self as policy, PolicyChoice};
 use ferroserve_protocol::grpc::proto::{
     DataType as TritonType, ModelConfig, ModelDynamicBatching, ModelInput, ModelInstanceGroup,
-    ModelOutput, ModelQueuePolicy, ModelTensorReshape, ModelVersionPolicy,
+    ModelOutput, ModelQueuePolicy, ModelVersionPolicy,
 };
 use ferroserve_runtime::manifest::{BackendKind, VersionPolicy};
 use ferroserve_runtime::Model;
@@ -84,12 +87,16 @@ pub fn build(name: &str, model: &Model, policy: &VersionPolicy) -> ModelConfig {
         .map(|t| ModelInput {
             name: t.name.clone(),
             data_type: triton_type(t.dtype).into(),
-            format: Format::None.into(),
+            // What a config.pbtxt says, echoed (as Triton does) though an
+            // ONNX model takes the layout of its input's shape.
+            format: m
+                .input_formats
+                .get(&t.name)
+                .and_then(|f| Format::from_str_name(f))
+                .unwrap_or(Format::None)
+                .into(),
             dims: dims(&t.shape),
-            reshape: None,
-            is_shape_tensor: false,
-            allow_ragged_batch: false,
-            optional: false,
+            ..Default::default()
         })
         .collect();
     let output = model
@@ -100,9 +107,8 @@ pub fn build(name: &str, model: &Model, policy: &VersionPolicy) -> ModelConfig {
             name: t.name.clone(),
             data_type: triton_type(t.dtype).into(),
             dims: dims(&t.shape),
-            reshape: None,
             label_filename: m.label_files.get(&t.name).cloned().unwrap_or_default(),
-            is_shape_tensor: false,
+            ..Default::default()
         })
         .collect();
     let (platform, backend) = match m.backend {
@@ -133,6 +139,7 @@ pub fn build(name: &str, model: &Model, policy: &VersionPolicy) -> ModelConfig {
             allow_timeout_override: true,
             max_queue_size: u32::try_from(b.max_queue_size).unwrap_or(u32::MAX),
         }),
+        ..Default::default()
     });
     ModelConfig {
         name: name.to_string(),
@@ -148,6 +155,7 @@ pub fn build(name: &str, model: &Model, policy: &VersionPolicy) -> ModelConfig {
             kind: kind.into(),
             count: clamp_i32(m.instances.count),
             gpus,
+            ..Default::default()
         }],
         default_model_filename: m
             .model_path
@@ -155,6 +163,7 @@ pub fn build(name: &str, model: &Model, policy: &VersionPolicy) -> ModelConfig {
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default(),
         parameters: HashMap::new(),
+        ..Default::default()
     }
 }
 
@@ -174,119 +183,31 @@ fn version_policy(p: &VersionPolicy) -> ModelVersionPolicy {
     }
 }
 
-/// The enum's name, as protobuf's JSON mapping writes enums; an unknown
-/// number as the number.
-fn enum_name<E: TryFrom<i32>>(n: i32, name: fn(&E) -> &'static str) -> Value {
-    E::try_from(n).map_or(json!(n), |e| json!(name(&e)))
-}
-
-fn reshape_json(obj: &mut Map<String, Value>, r: &Option<ModelTensorReshape>) {
-    if let Some(r) = r {
-        obj.insert("reshape".into(), json!({ "shape": r.shape }));
-    }
-}
-
-/// `config` in Triton's JSON form: protobuf's JSON mapping with the
-/// proto field names and every scalar and list printed even when empty
-/// (as Triton prints configurations), except that 64-bit integers are JSON
-/// numbers, as Triton writes them, and unset messages are left out.
+/// `config` in Triton's JSON form: protobuf's JSON mapping with the proto
+/// field names and every field without presence printed even when it holds
+/// its default (scalars, lists, maps), as Triton prints configurations;
+/// 64-bit integers are JSON numbers, as Triton writes them; unset messages
+/// are left out.
 pub fn to_json(c: &ModelConfig) -> Value {
-    let inputs: Vec<Value> = c
-        .input
-        .iter()
-        .map(|i| {
-            let mut o = json!({
-                "name": i.name,
-                "data_type": enum_name(i.data_type, TritonType::as_str_name),
-                "format": enum_name(i.format, Format::as_str_name),
-                "dims": i.dims,
-                "is_shape_tensor": i.is_shape_tensor,
-                "allow_ragged_batch": i.allow_ragged_batch,
-                "optional": i.optional,
-            });
-            reshape_json(o.as_object_mut().expect("an object"), &i.reshape);
-            o
-        })
-        .collect();
-    let outputs: Vec<Value> = c
-        .output
-        .iter()
-        .map(|t| {
-            let mut o = json!({
-                "name": t.name,
-                "data_type": enum_name(t.data_type, TritonType::as_str_name),
-                "dims": t.dims,
-                "label_filename": t.label_filename,
-                "is_shape_tensor": t.is_shape_tensor,
-            });
-            reshape_json(o.as_object_mut().expect("an object"), &t.reshape);
-            o
-        })
-        .collect();
-    let groups: Vec<Value> = c
-        .instance_group
-        .iter()
-        .map(|g| {
-            json!({
-                "name": g.name,
-                "kind": enum_name(g.kind, Kind::as_str_name),
-                "count": g.count,
-                "gpus": g.gpus,
-            })
-        })
-        .collect();
-    let parameters: Map<String, Value> = c
-        .parameters
-        .iter()
-        .map(|(k, v)| (k.clone(), json!({ "string_value": v.string_value })))
-        .collect();
-    let mut out = json!({
-        "name": c.name,
-        "platform": c.platform,
-        "backend": c.backend,
-        "max_batch_size": c.max_batch_size,
-        "input": inputs,
-        "output": outputs,
-        "instance_group": groups,
-        "default_model_filename": c.default_model_filename,
-        "parameters": parameters,
-    });
-    let obj = out.as_object_mut().expect("an object");
-    if let Some(p) = c
-        .version_policy
-        .as_ref()
-        .and_then(|p| p.policy_choice.as_ref())
-    {
-        let p = match p {
-            PolicyChoice::Latest(l) => json!({"latest": {"num_versions": l.num_versions}}),
-            PolicyChoice::All(_) => json!({"all": {}}),
-            PolicyChoice::Specific(s) => json!({"specific": {"versions": s.versions}}),
-        };
-        obj.insert("version_policy".into(), p);
-    }
-    if let Some(SchedulingChoice::DynamicBatching(d)) = &c.scheduling_choice {
-        let mut batching = json!({
-            "preferred_batch_size": d.preferred_batch_size,
-            "max_queue_delay_microseconds": d.max_queue_delay_microseconds,
-            "preserve_ordering": d.preserve_ordering,
-        });
-        if let Some(q) = &d.default_queue_policy {
-            batching["default_queue_policy"] = json!({
-                "timeout_action": enum_name(q.timeout_action, TimeoutAction::as_str_name),
-                "default_timeout_microseconds": q.default_timeout_microseconds,
-                "allow_timeout_override": q.allow_timeout_override,
-                "max_queue_size": q.max_queue_size,
-            });
-        }
-        obj.insert("dynamic_batching".into(), batching);
-    }
-    out
+    let mut message = DynamicMessage::new(descriptors::model_config());
+    message
+        .transcode_from(c)
+        .expect("the generated ModelConfig and its descriptor come from the same proto");
+    let options = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .skip_default_fields(false)
+        .stringify_64_bit_integers(false);
+    message
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .expect("serializing into a serde_json::Value does not fail")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferroserve_protocol::grpc::proto::ModelTensorReshape;
     use prost::Message;
+    use serde_json::json;
 
     fn sample() -> ModelConfig {
         ModelConfig {
@@ -313,15 +234,44 @@ mod tests {
                 max_queue_delay_microseconds: 100,
                 preserve_ordering: false,
                 default_queue_policy: None,
+                ..Default::default()
             })),
             instance_group: vec![ModelInstanceGroup {
                 name: "m_0".into(),
                 kind: Kind::Cpu.into(),
                 count: 2,
                 gpus: vec![],
+                ..Default::default()
             }],
             default_model_filename: "model.onnx".into(),
             parameters: HashMap::new(),
+            ..Default::default()
+        }
+    }
+
+    /// Paths of `after` that `before` does not have; panics where a value
+    /// of `before` differs in `after`.
+    fn added(before: &Value, after: &Value, path: &str, out: &mut Vec<String>) {
+        match (before, after) {
+            (Value::Object(b), Value::Object(a)) => {
+                for (k, v) in a {
+                    let p = format!("{path}.{k}");
+                    match b.get(k) {
+                        Some(bv) => added(bv, v, &p, out),
+                        None => out.push(p),
+                    }
+                }
+                assert!(
+                    b.keys().all(|k| a.contains_key(k)),
+                    "{path}: {b:?} -> {a:?}"
+                );
+            }
+            (Value::Array(b), Value::Array(a)) if a.len() == b.len() => {
+                for (i, (bv, av)) in b.iter().zip(a).enumerate() {
+                    added(bv, av, &format!("{path}[{i}]"), out);
+                }
+            }
+            _ => assert_eq!(before, after, "{path}"),
         }
     }
 
@@ -339,10 +289,8 @@ mod tests {
             j["version_policy"],
             json!({"specific": {"versions": [1, 3]}})
         );
-        assert_eq!(
-            j["dynamic_batching"],
-            json!({"preferred_batch_size": [4, 8], "max_queue_delay_microseconds": 100, "preserve_ordering": false})
-        );
+        assert_eq!(j["dynamic_batching"]["preferred_batch_size"], json!([4, 8]));
+        assert!(j["dynamic_batching"].get("default_queue_policy").is_none());
         assert_eq!(j["instance_group"][0]["kind"], "KIND_CPU");
         assert_eq!(j["parameters"], json!({}));
         let mut unbatched = sample();
@@ -353,6 +301,82 @@ mod tests {
         assert_eq!(j["version_policy"], json!({"latest": {"num_versions": 2}}));
         unbatched.version_policy = Some(version_policy(&VersionPolicy::All));
         assert_eq!(to_json(&unbatched)["version_policy"], json!({"all": {}}));
+    }
+
+    /// What the JSON written by hand before prost-reflect's serde answered
+    /// for this configuration is all still there, unchanged; what is added
+    /// are fields of the message at their defaults, as Triton prints them.
+    #[test]
+    fn json_keeps_every_answer_of_the_hand_written_form() {
+        let mut c = sample();
+        if let Some(SchedulingChoice::DynamicBatching(d)) = &mut c.scheduling_choice {
+            d.default_queue_policy = Some(ModelQueuePolicy {
+                timeout_action: TimeoutAction::Reject.into(),
+                default_timeout_microseconds: 30_000_000,
+                allow_timeout_override: true,
+                max_queue_size: 1024,
+            });
+        }
+        c.input[0].format = Format::Nchw.into();
+        let before = json!({
+            "name": "m", "platform": "onnxruntime_onnx", "backend": "onnxruntime",
+            "max_batch_size": 8,
+            "input": [{"name": "x", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW",
+                       "dims": [-1, 4], "is_shape_tensor": false, "allow_ragged_batch": false,
+                       "optional": false, "reshape": {"shape": [4]}}],
+            "output": [{"name": "y", "data_type": "TYPE_STRING", "dims": [1],
+                        "label_filename": "", "is_shape_tensor": false}],
+            "instance_group": [{"name": "m_0", "kind": "KIND_CPU", "count": 2, "gpus": []}],
+            "default_model_filename": "model.onnx",
+            "parameters": {},
+            "version_policy": {"specific": {"versions": [1, 3]}},
+            "dynamic_batching": {
+                "preferred_batch_size": [4, 8], "max_queue_delay_microseconds": 100,
+                "preserve_ordering": false,
+                "default_queue_policy": {"timeout_action": "REJECT",
+                    "default_timeout_microseconds": 30_000_000u64,
+                    "allow_timeout_override": true, "max_queue_size": 1024}
+            }
+        });
+        let after = to_json(&c);
+        let mut new = Vec::new();
+        added(&before, &after, "", &mut new);
+        new.sort();
+        assert_eq!(
+            new,
+            [
+                ".batch_input",
+                ".batch_output",
+                ".cc_model_filenames",
+                ".dynamic_batching.default_priority_level",
+                ".dynamic_batching.priority_levels",
+                ".dynamic_batching.priority_queue_policy",
+                ".instance_group[0].host_policy",
+                ".instance_group[0].passive",
+                ".instance_group[0].profile",
+                ".instance_group[0].secondary_devices",
+                ".metric_tags",
+                ".model_warmup",
+                ".runtime",
+            ]
+        );
+        for p in &new {
+            let mut v = &after;
+            for part in p.trim_start_matches('.').split('.') {
+                v = match part.split_once('[') {
+                    Some((k, _)) => &v[k][0],
+                    None => &v[part],
+                };
+            }
+            assert!(
+                matches!(v, Value::Array(a) if a.is_empty())
+                    || matches!(v, Value::Object(o) if o.is_empty())
+                    || v == &json!("")
+                    || v == &json!(false)
+                    || v == &json!(0),
+                "{p}: {v}"
+            );
+        }
     }
 
     /// The wire form uses the extension's field numbers: a few bytes

@@ -4,6 +4,7 @@
 //! a `ModelInferRequest` into the protocol-neutral [`crate::InferRequest`].
 
 mod convert;
+pub mod descriptors;
 
 /// Messages generated from `proto/grpc_service.proto` and
 /// `proto/model_config.proto` (package `inference`).

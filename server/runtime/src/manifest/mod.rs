@@ -16,7 +16,7 @@ use ferroserve_backend_core::{DataType, Signature, TensorSpec};
 use serde::Deserialize;
 
 pub mod pbtxt;
-pub mod textproto;
+mod positions;
 
 pub const MANIFEST_FILE: &str = "bundle.toml";
 
@@ -214,6 +214,10 @@ pub struct Manifest {
     /// The file each output's labels came from, as the manifest names it
     /// (Triton's `label_filename`).
     pub label_files: BTreeMap<String, String>,
+    /// Input name -> Triton's `format` of it (`FORMAT_NCHW`, ...), where a
+    /// `config.pbtxt` gives one: echoed by the model configuration
+    /// extension, not applied. Empty for bundles.
+    pub input_formats: BTreeMap<String, String>,
     /// Which versions are served; `Latest(1)` for ferroserve bundles.
     pub version_policy: VersionPolicy,
 }
@@ -479,6 +483,7 @@ impl Manifest {
             tags: raw.tags,
             labels,
             label_files,
+            input_formats: BTreeMap::new(),
             version_policy: VersionPolicy::Latest(1),
         })
     }

@@ -14,15 +14,26 @@
 //! and its label files read from `DIR/NAME/`, as Triton reads them.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ferroserve_backend_core::{DataType, Signature, TensorSpec};
 
-use super::textproto::{self, Located, Message, Value};
+use miette::Diagnostic;
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
+
+use super::positions::{Positions, Spot};
 use crate::manifest::{
     read_labels, BackendKind, Batching, Instances, Manifest, ManifestError, VersionPolicy,
 };
+use ferroserve_protocol::grpc::descriptors;
+use ferroserve_protocol::grpc::proto;
+use ferroserve_protocol::grpc::proto::model_config::SchedulingChoice;
+use ferroserve_protocol::grpc::proto::model_input::Format;
+use ferroserve_protocol::grpc::proto::model_instance_group::Kind as GroupKind;
+use ferroserve_protocol::grpc::proto::model_queue_policy::TimeoutAction;
+use ferroserve_protocol::grpc::proto::model_version_policy::PolicyChoice;
 
 /// The configuration file of a Triton model folder.
 pub const CONFIG_FILE: &str = "config.pbtxt";
@@ -190,6 +201,11 @@ pub struct ModelConfig {
     pub declared: Signature,
     /// Output name -> label file name (relative to `model_dir`).
     pub label_files: BTreeMap<String, String>,
+    /// Input name -> its `format` (`FORMAT_NHWC`, `FORMAT_NCHW`) where one
+    /// is given: not applied (an ONNX model takes the layout its input
+    /// shape says), but echoed by the model configuration extension, as
+    /// Triton echoes it.
+    pub input_formats: BTreeMap<String, String>,
     pub batching: Batching,
     /// Whether the config has `dynamic_batching` (without it, requests are
     /// never held back to wait for company).
@@ -307,51 +323,283 @@ impl ModelConfig {
             tags: BTreeMap::new(),
             labels,
             label_files: self.label_files.clone(),
+            input_formats: self.input_formats.clone(),
             version_policy: self.version_policy.clone(),
         })
     }
 }
 
 /// Reads the text of a config file; `folder` is the model's folder name.
+///
+/// `prost_reflect` parses the text against `inference.ModelConfig` (syntax,
+/// field names, value types); the parsed message is then walked against
+/// [`SETTINGS`] and read, as the generated `ModelConfig`, into what a
+/// manifest holds. [`Positions`] finds the lines that messages name.
 pub fn parse_config(text: &str, file: &Path, folder: &str) -> Result<ModelConfig, ManifestError> {
-    let tree = textproto::parse(text).map_err(|e| ManifestError {
-        file: file.to_path_buf(),
-        key: e.pos.to_string(),
-        problem: e.message,
-    })?;
+    let spots = Positions::scan(text);
     let mut r = Reader {
         file,
+        text,
+        spots: &spots,
         ignored: Vec::new(),
     };
-    r.check(&tree, "", "")?;
-    r.convert(&tree, folder)
+    let with_colons = with_colons(&spots, text, 0..text.len());
+    let parsed = DynamicMessage::parse_text_format(descriptors::model_config(), &with_colons)
+        .map_err(|e| r.parse_error(&e))?;
+    // Each stops at its first problem, in the order settings are written;
+    // the one written first is the answer, as from one walk of the text.
+    match (r.check(&parsed, "", ""), r.no_repeats()) {
+        (Ok(()), Ok(())) => {}
+        (Err(a), Err(b)) => {
+            let at = |e: &ManifestError| spots.find(&e.key).map_or(usize::MAX, |s| s.name.start);
+            return Err(if at(&b) < at(&a) { b } else { a });
+        }
+        (Err(e), _) | (_, Err(e)) => return Err(e),
+    }
+    let config: proto::ModelConfig = parsed.transcode_to().map_err(|e| {
+        r.err(
+            "(file)",
+            format!("does not convert to Triton's ModelConfig: {e}"),
+        )
+    })?;
+    r.convert(&config, folder)
 }
 
-/// Where a setting is, for messages: ` (line N)`.
-fn at(l: &Located) -> String {
-    format!(" (line {})", l.pos.line)
+/// `text[range]` with a colon before each list of messages written without
+/// one: protobuf's text format leaves it out at will (Triton's configs
+/// mostly do: `input [ { ... } ]`), prost-reflect 0.16 requires it.
+fn with_colons(spots: &Positions, text: &str, range: Range<usize>) -> String {
+    let mut out = text[range.clone()].to_string();
+    for &c in spots
+        .missing_colons
+        .iter()
+        .rev()
+        .filter(|c| range.contains(c))
+    {
+        out.insert(c - range.start, ':');
+    }
+    out
 }
 
-/// Whether a value holds only defaults: `false`, zero, `""`, a `*_DEFAULT`
-/// enum value, or a message of such values.
+/// The offset in the text of `offset` in `with_colons` of all of it.
+fn original(spots: &Positions, offset: usize) -> usize {
+    let colons = spots.missing_colons.iter().enumerate();
+    offset - colons.filter(|(k, &c)| c + k < offset).count()
+}
+
+/// Whether a value holds only defaults: `false`, zero, `""`, the first
+/// enum value (`*_DEFAULT`), or messages, lists and maps of such values.
 fn is_default(v: &Value) -> bool {
     match v {
-        Value::Number(n) => n.parse::<f64>().is_ok_and(|f| f == 0.0),
-        Value::Str(s) => s.is_empty(),
-        Value::Ident(i) => i == "false" || i.ends_with("_DEFAULT"),
-        Value::Message(m) => m
-            .fields()
-            .all(|(_, vs)| vs.iter().all(|l| is_default(&l.value))),
+        Value::Bool(b) => !b,
+        Value::I32(n) | Value::EnumNumber(n) => *n == 0,
+        Value::I64(n) => *n == 0,
+        Value::U32(n) => *n == 0,
+        Value::U64(n) => *n == 0,
+        Value::F32(n) => *n == 0.0,
+        Value::F64(n) => *n == 0.0,
+        Value::String(s) => s.is_empty(),
+        Value::Bytes(b) => b.is_empty(),
+        Value::Message(m) => m.fields().all(|(_, v)| is_default(v)),
+        Value::List(l) => l.iter().all(is_default),
+        Value::Map(m) => m
+            .iter()
+            .all(|(k, v)| is_default(&Value::from(k.clone())) && is_default(v)),
     }
-}
-
-struct Reader<'a> {
-    file: &'a Path,
-    ignored: Vec<IgnoredSetting>,
 }
 
 fn rule(table: &[(&'static str, Rule)], path: &str) -> Option<Rule> {
     table.iter().find(|(p, _)| *p == path).map(|(_, r)| *r)
+}
+
+fn join(a: &str, b: &str) -> String {
+    if a.is_empty() {
+        b.to_string()
+    } else {
+        format!("{a}.{b}")
+    }
+}
+
+/// `a, b or c`.
+fn or_list(items: &[String]) -> String {
+    match items.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => items.join(""),
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let (before, line_start) = (&text[..end], text[..end].rfind('\n').map_or(0, |i| i + 1));
+    let column = before[line_start..].chars().count() + 1;
+    (before.matches('\n').count() + 1, column)
+}
+
+/// A field's index in a path segment (`dims[2]`); none (or `[]`) is 0.
+fn index(segment: &str) -> usize {
+    segment
+        .split_once('[')
+        .and_then(|(_, i)| i.trim_end_matches(']').parse().ok())
+        .unwrap_or(0)
+}
+
+/// A path of [`Positions`] (`input[1].reshape[0]`) as messages name it
+/// (indices on repeated fields only: `input[1].reshape`), each segment's
+/// [`SETTINGS`] path (`input[]`, `input[].reshape`), and the field at its
+/// end where the schema has one.
+fn describe(path: &str) -> (Vec<String>, Vec<String>, Option<FieldDescriptor>) {
+    let (mut shown, mut generic) = (Vec::new(), Vec::new());
+    let mut message = Some(descriptors::model_config());
+    let mut field = None;
+    for segment in path.split('.').filter(|s| !s.is_empty()) {
+        let (name, index) = (
+            segment.split('[').next().unwrap_or_default(),
+            index(segment),
+        );
+        field = message.as_ref().and_then(|m| m.get_field_by_name(name));
+        let repeated = field.as_ref().is_some_and(|f| f.is_list() || f.is_map());
+        shown.push(if repeated {
+            format!("{name}[{index}]")
+        } else {
+            name.to_string()
+        });
+        let table = generic.last().map_or(String::new(), |g: &String| g.clone());
+        generic.push(join(
+            &table,
+            &format!("{name}{}", if repeated { "[]" } else { "" }),
+        ));
+        message = field.as_ref().and_then(|f| f.kind().as_message().cloned());
+    }
+    (shown, generic, field)
+}
+
+/// What a prost-reflect error is about, from its message (the error's kind
+/// is not public).
+#[derive(Debug, PartialEq, Eq)]
+enum ErrorKind {
+    Syntax,
+    UnknownField,
+    Repeated,
+    Oneof,
+    UnknownEnumValue,
+    OutOfRange,
+    WrongType,
+}
+
+impl ErrorKind {
+    fn of(message: &str) -> ErrorKind {
+        // What `expected ..., but found '...'` expects when the value's
+        // type is wrong, rather than the syntax.
+        const VALUES: &[&str] = &[
+            "a string",
+            "an integer",
+            "a number",
+            "'true' or 'false'",
+            "0 or 1",
+            "an enum value",
+            "'{' or '<'",
+        ];
+        if message.starts_with("field '") && message.contains("' not found for message '") {
+            ErrorKind::UnknownField
+        } else if message.starts_with('\'') && message.ends_with("' is already set") {
+            ErrorKind::Repeated
+        } else if message.starts_with("a value is already set for oneof") {
+            ErrorKind::Oneof
+        } else if message.starts_with("value '") && message.contains("' was not found for enum '") {
+            ErrorKind::UnknownEnumValue
+        } else if message.starts_with("expected value to be ") && message.ends_with("out of range")
+        {
+            ErrorKind::OutOfRange
+        } else if message
+            .strip_prefix("expected ")
+            .and_then(|m| m.split_once(", but found '"))
+            .is_some_and(|(want, _)| VALUES.contains(&want))
+        {
+            ErrorKind::WrongType
+        } else {
+            ErrorKind::Syntax
+        }
+    }
+}
+
+/// A token as messages show it.
+fn show_token(token: &str) -> String {
+    match token.chars().next() {
+        Some('"' | '\'') => format!("the string {token}"),
+        Some('{' | '<') => "a message { ... }".into(),
+        Some('[') => "a list [ ... ]".into(),
+        Some('-') => "a negative number".into(),
+        Some(c) if c.is_ascii_digit() || c == '.' => format!("the number {token}"),
+        Some(_) => format!("the identifier {token}"),
+        None => "nothing".into(),
+    }
+}
+
+/// What a field of this kind takes.
+fn expected(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::String | Kind::Bytes => "a quoted string",
+        Kind::Bool => "true or false",
+        Kind::Float | Kind::Double => "a number",
+        Kind::Message(_) => "a message { ... }",
+        Kind::Enum(_) => "an enum value name",
+        _ => "an integer",
+    }
+}
+
+/// The problem with `got`, a name that is not a value of the enum of the
+/// setting `generic`: settings whose values the reader checks say which it
+/// accepts, others list the enum's values.
+fn enum_problem(generic: &str, got: &str, field: Option<&FieldDescriptor>, at: &str) -> String {
+    match generic {
+        "input[].data_type" | "output[].data_type" => data_type_problem(got, at),
+        "instance_group[].kind" => {
+            format!("expected KIND_CPU, KIND_AUTO or KIND_GPU, got {got}{at}")
+        }
+        "dynamic_batching.default_queue_policy.timeout_action" => {
+            format!("expected REJECT or DELAY, got {got}{at}")
+        }
+        _ => {
+            let values: Vec<String> = match field.map(FieldDescriptor::kind) {
+                Some(Kind::Enum(e)) => e.values().map(|v| v.name().to_string()).collect(),
+                _ => Vec::new(),
+            };
+            format!("expected {}, got {got}{at}", or_list(&values))
+        }
+    }
+}
+
+/// Why a Triton data type (its enum value name, or number) is refused.
+fn data_type_problem(t: &str, at: &str) -> String {
+    match t {
+        "TYPE_BF16" => format!("TYPE_BF16 is not supported{at}: ferroserve has no bfloat16 tensors"),
+        "TYPE_INVALID" => format!("TYPE_INVALID is not a data type{at}"),
+        other => format!(
+            "expected TYPE_BOOL, TYPE_UINT8 .. TYPE_UINT64, TYPE_INT8 .. TYPE_INT64, TYPE_FP16, TYPE_FP32, TYPE_FP64 or TYPE_STRING, got {other}{at}"
+        ),
+    }
+}
+
+/// A tensor of `input` or `output`, as far as the reader tells them apart.
+struct Tensor<'t> {
+    name: &'t str,
+    data_type: i32,
+    dims: &'t [i64],
+    /// The flags that must be false.
+    flags: Vec<(&'static str, bool)>,
+    format: i32,
+    label_filename: &'t str,
+}
+
+struct Reader<'a> {
+    file: &'a Path,
+    text: &'a str,
+    spots: &'a Positions,
+    ignored: Vec<IgnoredSetting>,
 }
 
 impl Reader<'_> {
@@ -370,68 +618,237 @@ impl Reader<'_> {
         });
     }
 
-    /// Walks the tree against [`SETTINGS`]: refuses what is refused or
-    /// unknown, records what is ignored. `generic` is the table path of
-    /// `msg`, `actual` its path with indices.
-    fn check(&mut self, msg: &Message, generic: &str, actual: &str) -> Result<(), ManifestError> {
-        let join = |a: &str, b: &str| {
-            if a.is_empty() {
-                b.to_string()
-            } else {
-                format!("{a}.{b}")
-            }
+    /// Where `spot`'s value is, for messages: ` (line N)`.
+    fn line(&self, spot: &Spot) -> String {
+        format!(" (line {})", line_col(self.text, spot.value.start).0)
+    }
+
+    /// Where the value at `path` is, for messages: ` (line N)`.
+    fn at(&self, path: &str) -> String {
+        self.spots
+            .find(path)
+            .map_or_else(String::new, |s| self.line(s))
+    }
+
+    /// A prost-reflect error as the setting it is about: a syntax error by
+    /// line and column, anything else by the setting's path (or as the
+    /// refusal of a setting written before it, as the walk would have
+    /// found first).
+    fn parse_error(&self, e: &prost_reflect::text_format::ParseError) -> ManifestError {
+        let message = e.to_string();
+        let span = e
+            .labels()
+            .and_then(|mut l| l.next())
+            .map(|l| original(self.spots, l.offset())..original(self.spots, l.offset() + l.len()));
+        let syntax = |offset: usize| {
+            let (line, col) = line_col(self.text, offset);
+            self.err(format!("line {line} column {col}"), message.clone())
         };
-        for (name, values) in msg.fields() {
-            let g = join(generic, name);
-            let (repeated, rule) = match rule(SETTINGS, &format!("{g}[]")) {
-                Some(r) => (true, r),
-                None => match rule(SETTINGS, &g) {
-                    Some(r) => (false, r),
-                    None => {
-                        let path = join(actual, name);
-                        let line = values.first().map(at).unwrap_or_default();
-                        return Err(self.err(
-                            path,
-                            format!(
-                                "unknown setting{line}: it is not a field of Triton's ModelConfig that ferroserve knows"
-                            ),
+        let Some(span) = span else {
+            return syntax(self.text.len());
+        };
+        let kind = ErrorKind::of(&message);
+        if kind == ErrorKind::Syntax {
+            return syntax(span.start);
+        }
+        if let Some(refused) = self.refused_before(span.start) {
+            return refused;
+        }
+        let token = self.text.get(span.clone()).unwrap_or_default();
+        // A list where one value is expected: the list's first element.
+        let first_of_list = || {
+            let mut after = self
+                .spots
+                .spots
+                .iter()
+                .filter(|s| s.value.start > span.start);
+            after.next().filter(|_| token == "[")
+        };
+        let Some(spot) = self.spots.at(span.start).or_else(first_of_list) else {
+            return syntax(span.start);
+        };
+        let (shown, generic, field) = describe(&spot.path);
+        let (shown, generic) = (shown.join("."), generic.last().cloned().unwrap_or_default());
+        let at = self.line(spot);
+        let problem = match kind {
+            ErrorKind::UnknownField => format!(
+                "unknown setting{at}: it is not a field of Triton's ModelConfig that ferroserve knows"
+            ),
+            ErrorKind::Repeated => format!(
+                "is given {} times{at}; it takes one value",
+                self.spots.count(spot)
+            ),
+            ErrorKind::Oneof => return self.oneof_error(spot, field.as_ref(), &shown, &at),
+            ErrorKind::UnknownEnumValue => enum_problem(&generic, token, field.as_ref(), &at),
+            ErrorKind::OutOfRange => {
+                let kind = field.as_ref().map(FieldDescriptor::kind);
+                let unsigned = matches!(
+                    kind,
+                    Some(Kind::Uint32 | Kind::Uint64 | Kind::Fixed32 | Kind::Fixed64)
+                );
+                if unsigned && token.starts_with('-') {
+                    format!("expected an integer >= 0, got {token}{at}")
+                } else {
+                    let bits = match kind {
+                        Some(Kind::Int64 | Kind::Sint64 | Kind::Sfixed64)
+                        | Some(Kind::Uint64 | Kind::Fixed64) => 64,
+                        _ => 32,
+                    };
+                    let sign = if unsigned { "an unsigned" } else { "a signed" };
+                    format!("expected {sign} {bits}-bit integer, got {token}, which is out of range{at}")
+                }
+            }
+            // WrongType (syntax errors were answered above).
+            _ => match &field {
+                Some(f) => format!("expected {}, got {}{at}", expected(&f.kind()), show_token(token)),
+                None => format!("{message}{at}"),
+            },
+        };
+        self.err(shown, problem)
+    }
+
+    /// Two fields of one oneof (`version_policy { all {} latest {} }`).
+    fn oneof_error(
+        &self,
+        spot: &Spot,
+        field: Option<&FieldDescriptor>,
+        shown: &str,
+        at: &str,
+    ) -> ManifestError {
+        let parent = spot.path.rsplit_once('.').map_or("", |(p, _)| p);
+        let parent = describe(parent).0.join(".");
+        let members: Vec<String> = field
+            .and_then(FieldDescriptor::containing_oneof)
+            .map(|o| o.fields().map(|f| f.name().to_string()).collect())
+            .unwrap_or_default();
+        let mut given: Vec<(usize, &str)> = members
+            .iter()
+            .filter_map(|m| {
+                let s = self.spots.find(&join(&parent, m))?;
+                Some((s.name.start, m.as_str()))
+            })
+            .collect();
+        given.sort_unstable();
+        let given: Vec<&str> = given.into_iter().map(|(_, m)| m).collect();
+        let key = if parent.is_empty() { shown } else { &parent };
+        self.err(
+            key,
+            format!(
+                "expected exactly one of {}, got {}{at}",
+                or_list(&members),
+                given.join(", ")
+            ),
+        )
+    }
+
+    /// The first setting written before byte `offset` (or around it) that
+    /// [`SETTINGS`] refuses, where the walk would reach it: a parse error
+    /// inside or after a refused setting is reported as that refusal, as
+    /// when settings were checked in the order they are written.
+    fn refused_before(&self, offset: usize) -> Option<ManifestError> {
+        for spot in self.spots.spots.iter().filter(|s| s.name.start <= offset) {
+            let (shown, generic, _) = describe(&spot.path);
+            for (k, g) in generic.iter().enumerate() {
+                match rule(SETTINGS, g) {
+                    Some(Supported(_)) => continue,
+                    Some(Refused(why)) => {
+                        let path = shown[..=k].join(".");
+                        return Some(self.err(
+                            path.clone(),
+                            format!("not supported{}: {why}", self.at(&path)),
                         ));
                     }
-                },
+                    Some(Ignored(_)) | None => break,
+                }
+            }
+        }
+        None
+    }
+
+    /// The entries of map field `path` as written, in order (a parsed map
+    /// keeps neither the order nor repeated keys): each is parsed again on
+    /// its own, as the map's entry message.
+    fn entries(&self, path: &str, entry: &MessageDescriptor) -> Vec<(String, DynamicMessage)> {
+        (0..)
+            .map_while(|i| {
+                let p = format!("{path}[{i}]");
+                self.spots.find(&p).map(|s| (p, s))
+            })
+            .map(|(p, s)| {
+                let body = with_colons(self.spots, self.text, s.value.clone());
+                let inner = body
+                    .get(1..body.len().saturating_sub(1))
+                    .unwrap_or_default();
+                let m = DynamicMessage::parse_text_format(entry.clone(), inner)
+                    .unwrap_or_else(|_| DynamicMessage::new(entry.clone()));
+                (p, m)
+            })
+            .collect()
+    }
+
+    /// Walks the parsed message against [`SETTINGS`], in the order the
+    /// settings are written: refuses what is refused or unknown, records
+    /// what is ignored. Only set fields are seen, so defaults are silent.
+    /// `generic` is the table path of `msg`, `actual` its path with indices.
+    fn check(
+        &mut self,
+        msg: &DynamicMessage,
+        generic: &str,
+        actual: &str,
+    ) -> Result<(), ManifestError> {
+        let mut fields: Vec<(FieldDescriptor, &Value)> = msg.fields().collect();
+        fields.sort_by_key(|(f, _)| {
+            self.spots
+                .find(&join(actual, f.name()))
+                .map_or(usize::MAX, |s| s.name.start)
+        });
+        for (f, value) in fields {
+            let g = join(generic, f.name());
+            let repeated = f.is_list() || f.is_map();
+            let table = if repeated {
+                format!("{g}[]")
+            } else {
+                g.clone()
             };
-            if !repeated && values.len() > 1 {
+            let path = join(actual, f.name());
+            let Some(rule) = rule(SETTINGS, &table) else {
                 return Err(self.err(
-                    join(actual, name),
+                    path.clone(),
                     format!(
-                        "is given {} times{}; it takes one value",
-                        values.len(),
-                        at(&values[1])
+                        "unknown setting{}: it is not a field of Triton's ModelConfig that ferroserve knows",
+                        self.at(&path)
                     ),
                 ));
-            }
-            for (i, l) in values.iter().enumerate() {
-                let path = if repeated {
-                    format!("{}[{i}]", join(actual, name))
-                } else {
-                    join(actual, name)
-                };
+            };
+            let values: Vec<(String, Value)> = match (value, f.kind().as_message()) {
+                (Value::Map(_), Some(entry)) => self
+                    .entries(&path, entry)
+                    .into_iter()
+                    .map(|(p, m)| (p, Value::Message(m)))
+                    .collect(),
+                (Value::List(list), _) => list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (format!("{path}[{i}]"), v.clone()))
+                    .collect(),
+                (v, _) => vec![(path, v.clone())],
+            };
+            for (path, v) in values {
                 match rule {
                     Refused(why) => {
-                        return Err(self.err(path, format!("not supported{}: {why}", at(l))))
+                        return Err(self.err(
+                            path.clone(),
+                            format!("not supported{}: {why}", self.at(&path)),
+                        ))
                     }
                     Ignored(why) => {
-                        if !is_default(&l.value) {
+                        if !is_default(&v) {
                             self.ignore(path, why);
                         }
                     }
                     Supported(_) => {
-                        if let Value::Message(m) = &l.value {
-                            let child = if repeated {
-                                format!("{g}[]")
-                            } else {
-                                g.clone()
-                            };
-                            self.check(m, &child, &path)?;
+                        if let Value::Message(m) = &v {
+                            self.check(m, &table, &path)?;
                         }
                     }
                 }
@@ -440,55 +857,54 @@ impl Reader<'_> {
         Ok(())
     }
 
-    /// The one value of a singular field, if given.
-    fn one<'m>(&self, msg: &'m Message, name: &str) -> Option<&'m Located> {
-        msg.get(name).first()
-    }
-
-    fn typed<T>(
-        &self,
-        path: &str,
-        l: &Located,
-        f: impl FnOnce(&Value) -> Result<T, String>,
-    ) -> Result<T, ManifestError> {
-        f(&l.value).map_err(|p| self.err(path, format!("{p}{}", at(l))))
-    }
-
-    fn convert(mut self, tree: &Message, folder: &str) -> Result<ModelConfig, ManifestError> {
-        // Platform and backend.
-        let platform = match self.one(tree, "platform") {
-            Some(l) => Some(self.typed("platform", l, |v| v.as_str().map(str::to_string))?),
-            None => None,
-        };
-        let backend = match self.one(tree, "backend") {
-            Some(l) => Some(self.typed("backend", l, |v| v.as_str().map(str::to_string))?),
-            None => None,
-        };
-        const SERVES: &str = "ferroserve serves Triton models of ONNX Runtime (platform \"onnxruntime_onnx\" or backend \"onnxruntime\")";
-        if let Some(p) = platform.as_deref().filter(|p| !p.is_empty()) {
-            if p != "onnxruntime_onnx" {
-                return Err(self.err("platform", format!("{p:?} is not supported: {SERVES}")));
-            }
-        }
-        if let Some(b) = backend.as_deref().filter(|b| !b.is_empty()) {
-            if b != "onnxruntime" {
-                return Err(self.err("backend", format!("{b:?} is not supported: {SERVES}")));
-            }
-        }
-        if let Some(l) = self.one(tree, "runtime") {
-            let r = self.typed("runtime", l, |v| v.as_str().map(str::to_string))?;
-            if !r.is_empty() {
+    /// A singular field written more than once. prost-reflect refuses that
+    /// when the first value is not the default; this finds the rest.
+    fn no_repeats(&self) -> Result<(), ManifestError> {
+        for spot in &self.spots.spots {
+            let (shown, _, field) = describe(&spot.path);
+            let singular = field.is_some_and(|f| !f.is_list() && !f.is_map());
+            let last = spot.path.rsplit('.').next().unwrap_or_default();
+            if singular && index(last) > 0 {
                 return Err(self.err(
-                    "runtime",
-                    format!("{r:?} is not supported: ferroserve runs ONNX models with its own ONNX Runtime backend, not a backend library"),
+                    shown.join("."),
+                    format!(
+                        "is given {} times{}; it takes one value",
+                        self.spots.count(spot),
+                        self.line(spot)
+                    ),
                 ));
             }
         }
+        Ok(())
+    }
 
-        // Name.
-        let name = match self.one(tree, "name") {
-            Some(l) => self.typed("name", l, |v| v.as_str().map(str::to_string))?,
-            None => folder.to_string(),
+    fn convert(
+        mut self,
+        c: &proto::ModelConfig,
+        folder: &str,
+    ) -> Result<ModelConfig, ManifestError> {
+        // Platform and backend.
+        const SERVES: &str = "ferroserve serves Triton models of ONNX Runtime (platform \"onnxruntime_onnx\" or backend \"onnxruntime\")";
+        if !c.platform.is_empty() && c.platform != "onnxruntime_onnx" {
+            let p = &c.platform;
+            return Err(self.err("platform", format!("{p:?} is not supported: {SERVES}")));
+        }
+        if !c.backend.is_empty() && c.backend != "onnxruntime" {
+            let b = &c.backend;
+            return Err(self.err("backend", format!("{b:?} is not supported: {SERVES}")));
+        }
+        if !c.runtime.is_empty() {
+            return Err(self.err(
+                "runtime",
+                format!("{:?} is not supported: ferroserve runs ONNX models with its own ONNX Runtime backend, not a backend library", c.runtime),
+            ));
+        }
+
+        // Name (`name: ""` is a name, and not the folder's).
+        let name = if self.spots.mentioned("name") {
+            c.name.clone()
+        } else {
+            folder.to_string()
         };
         if name != folder {
             return Err(self.err(
@@ -504,112 +920,123 @@ impl Reader<'_> {
         }
 
         // Batching dimension.
-        let max_batch_size = match self.one(tree, "max_batch_size") {
-            Some(l) => {
-                let v = self.typed("max_batch_size", l, Value::as_i64)?;
-                usize::try_from(v).map_err(|_| {
-                    self.err(
-                        "max_batch_size",
-                        format!("expected 0 (no batching) or more, got {v}{}", at(l)),
-                    )
-                })?
-            }
-            None => 0,
-        };
+        let max_batch_size = usize::try_from(c.max_batch_size).map_err(|_| {
+            self.err(
+                "max_batch_size",
+                format!(
+                    "expected 0 (no batching) or more, got {}{}",
+                    c.max_batch_size,
+                    self.at("max_batch_size")
+                ),
+            )
+        })?;
 
         // Inputs and outputs.
+        let inputs = c.input.iter().map(|t| Tensor {
+            name: &t.name,
+            data_type: t.data_type,
+            dims: &t.dims,
+            flags: vec![
+                ("is_shape_tensor", t.is_shape_tensor),
+                ("allow_ragged_batch", t.allow_ragged_batch),
+                ("optional", t.optional),
+            ],
+            format: t.format,
+            label_filename: "",
+        });
+        let outputs = c.output.iter().map(|t| Tensor {
+            name: &t.name,
+            data_type: t.data_type,
+            dims: &t.dims,
+            flags: vec![("is_shape_tensor", t.is_shape_tensor)],
+            format: 0,
+            label_filename: &t.label_filename,
+        });
         let mut declared = Signature::default();
         let mut label_files = BTreeMap::new();
-        for (section, out) in [
-            ("input", &mut declared.inputs),
-            ("output", &mut declared.outputs),
-        ] {
-            for (i, l) in tree.get(section).iter().enumerate() {
+        let mut input_formats = BTreeMap::new();
+        let sections: [(&str, Vec<Tensor>, &mut Vec<TensorSpec>); 2] = [
+            ("input", inputs.collect(), &mut declared.inputs),
+            ("output", outputs.collect(), &mut declared.outputs),
+        ];
+        for (section, tensors, out) in sections {
+            for (i, t) in tensors.iter().enumerate() {
                 let path = format!("{section}[{i}]");
-                let m = self.typed(&path, l, |v| v.as_message().cloned())?;
-                let tname = match self.one(&m, "name") {
-                    Some(n) => self.typed(&format!("{path}.name"), n, |v| {
-                        v.as_str().map(str::to_string)
-                    })?,
-                    None => return Err(self.err(format!("{path}.name"), "is missing")),
-                };
-                if tname.is_empty() {
-                    return Err(self.err(format!("{path}.name"), "is empty"));
+                let key = |field: &str| format!("{path}.{field}");
+                if t.name.is_empty() {
+                    let problem = if self.spots.mentioned(&key("name")) {
+                        "is empty"
+                    } else {
+                        "is missing"
+                    };
+                    return Err(self.err(key("name"), problem));
                 }
-                if out.iter().any(|t: &TensorSpec| t.name == tname) {
-                    return Err(self.err(
-                        format!("{path}.name"),
-                        format!("{tname:?} is declared twice"),
-                    ));
+                let tname = t.name.to_string();
+                if out.iter().any(|s: &TensorSpec| s.name == tname) {
+                    return Err(self.err(key("name"), format!("{tname:?} is declared twice")));
                 }
-                let dtype = match self.one(&m, "data_type") {
-                    Some(d) => {
-                        let key = format!("{path}.data_type");
-                        let t = self.typed(&key, d, |v| v.as_enum().map(str::to_string))?;
-                        self.data_type(&key, &t, d)?
-                    }
-                    None => return Err(self.err(format!("{path}.data_type"), "is missing")),
-                };
+                if !self.spots.mentioned(&key("data_type")) {
+                    return Err(self.err(key("data_type"), "is missing"));
+                }
+                let type_name = proto::DataType::try_from(t.data_type)
+                    .map_or_else(|_| t.data_type.to_string(), |d| d.as_str_name().to_string());
+                let dtype = self.data_type(&key("data_type"), &type_name)?;
                 let mut shape = Vec::new();
                 if max_batch_size > 0 {
                     shape.push(-1);
                 }
-                for (j, d) in m.get("dims").iter().enumerate() {
-                    let key = format!("{path}.dims[{j}]");
-                    let v = self.typed(&key, d, Value::as_i64)?;
+                if t.dims.is_empty() && !self.spots.mentioned(&key("dims")) {
+                    return Err(self.err(key("dims"), "is missing"));
+                }
+                for (j, &v) in t.dims.iter().enumerate() {
                     if v < -1 {
+                        let k = format!("{path}.dims[{j}]");
                         return Err(self.err(
-                            key,
-                            format!("is {v}: expected -1 (any size) or a size >= 0{}", at(d)),
+                            k.clone(),
+                            format!(
+                                "is {v}: expected -1 (any size) or a size >= 0{}",
+                                self.at(&k)
+                            ),
                         ));
                     }
                     shape.push(v);
                 }
-                if m.get("dims").is_empty() && !m.fields().any(|(n, _)| n == "dims") {
-                    return Err(self.err(format!("{path}.dims"), "is missing"));
-                }
-                for flag in ["is_shape_tensor", "allow_ragged_batch", "optional"] {
-                    if let Some(f) = self.one(&m, flag) {
-                        let key = format!("{path}.{flag}");
-                        if self.typed(&key, f, Value::as_bool)? {
-                            let why = match rule(SETTINGS, &format!("{section}[].{flag}")) {
-                                Some(Supported(why)) => why,
-                                _ => "not supported",
-                            };
-                            return Err(
-                                self.err(key, format!("true is not supported{}: {why}", at(f)))
-                            );
-                        }
+                for &(flag, set) in &t.flags {
+                    if set {
+                        let why = match rule(SETTINGS, &format!("{section}[].{flag}")) {
+                            Some(Supported(why)) => why,
+                            _ => "not supported",
+                        };
+                        return Err(self.err(
+                            key(flag),
+                            format!("true is not supported{}: {why}", self.at(&key(flag))),
+                        ));
                     }
                 }
-                if let Some(f) = self.one(&m, "format") {
-                    let key = format!("{path}.format");
-                    let v = self.typed(&key, f, |v| v.as_enum().map(str::to_string))?;
-                    if v != "FORMAT_NONE" {
-                        self.ignore(
-                            key,
-                            "an image layout tells Triton's image clients how to lay pixels out; the ONNX model's own input shape is what is served",
-                        );
+                if t.format != 0 {
+                    self.ignore(
+                        key("format"),
+                        "an image layout tells Triton's image clients how to lay pixels out; the ONNX model's own input shape is what is served",
+                    );
+                    if let Ok(f) = Format::try_from(t.format) {
+                        input_formats.insert(tname.clone(), f.as_str_name().to_string());
                     }
                 }
-                if let Some(f) = self.one(&m, "label_filename") {
-                    let key = format!("{path}.label_filename");
-                    let file = self.typed(&key, f, |v| v.as_str().map(str::to_string))?;
-                    if !file.is_empty() {
-                        if matches!(dtype, DataType::Bytes | DataType::Bool) {
-                            return Err(self.err(
-                                key,
-                                format!("output {tname:?} is {dtype}; classification labels need a numeric output"),
-                            ));
-                        }
-                        if !inside(&file) {
-                            return Err(self.err(
-                                key,
-                                format!("expected a file in the model folder, got {file:?}"),
-                            ));
-                        }
-                        label_files.insert(tname.clone(), file);
+                if !t.label_filename.is_empty() {
+                    let file = t.label_filename;
+                    if matches!(dtype, DataType::Bytes | DataType::Bool) {
+                        return Err(self.err(
+                            key("label_filename"),
+                            format!("output {tname:?} is {dtype}; classification labels need a numeric output"),
+                        ));
                     }
+                    if !inside(file) {
+                        return Err(self.err(
+                            key("label_filename"),
+                            format!("expected a file in the model folder, got {file:?}"),
+                        ));
+                    }
+                    label_files.insert(tname.clone(), file.to_string());
                 }
                 out.push(TensorSpec {
                     name: tname,
@@ -624,180 +1051,150 @@ impl Reader<'_> {
             max_batch_size,
             ..Batching::default()
         };
-        let dynamic = self.one(tree, "dynamic_batching");
-        if let Some(l) = dynamic {
-            let db = self.typed("dynamic_batching", l, |v| v.as_message().cloned())?;
-            for (j, p) in db.get("preferred_batch_size").iter().enumerate() {
+        let dynamic = match &c.scheduling_choice {
+            Some(SchedulingChoice::DynamicBatching(d)) => Some(d),
+            _ => None,
+        };
+        if let Some(db) = dynamic {
+            for (j, &v) in db.preferred_batch_size.iter().enumerate() {
                 let key = format!("dynamic_batching.preferred_batch_size[{j}]");
-                let v = self.typed(&key, p, Value::as_i64)?;
                 if v < 1 || max_batch_size == 0 || v as usize > max_batch_size {
                     return Err(self.err(
-                        key,
+                        key.clone(),
                         format!(
                             "is {v}: a preferred batch size must be between 1 and max_batch_size ({max_batch_size}){}",
-                            at(p)
+                            self.at(&key)
                         ),
                     ));
                 }
                 batching.preferred_batch_sizes.push(v as usize);
             }
-            if let Some(d) = self.one(&db, "max_queue_delay_microseconds") {
-                batching.max_queue_delay_us = self.typed(
-                    "dynamic_batching.max_queue_delay_microseconds",
-                    d,
-                    Value::as_u64,
-                )?;
-            }
-            for key in ["priority_levels", "default_priority_level"] {
-                if let Some(p) = self.one(&db, key) {
+            batching.max_queue_delay_us = db.max_queue_delay_microseconds;
+            for (key, v) in [
+                ("priority_levels", db.priority_levels),
+                ("default_priority_level", db.default_priority_level),
+            ] {
+                if v != 0 {
                     let path = format!("dynamic_batching.{key}");
-                    let v = self.typed(&path, p, Value::as_u64)?;
-                    if v != 0 {
-                        return Err(self.err(
-                            path,
-                            format!("is {v}: not supported{}: priority queues are not implemented (0 only)", at(p)),
-                        ));
-                    }
+                    return Err(self.err(
+                        path.clone(),
+                        format!(
+                            "is {v}: not supported{}: priority queues are not implemented (0 only)",
+                            self.at(&path)
+                        ),
+                    ));
                 }
             }
-            if let Some(p) = self.one(&db, "preserve_ordering") {
-                self.typed("dynamic_batching.preserve_ordering", p, Value::as_bool)?;
-            }
-            if let Some(q) = self.one(&db, "default_queue_policy") {
+            if let Some(qp) = &db.default_queue_policy {
                 let base = "dynamic_batching.default_queue_policy";
-                let qp = self.typed(base, q, |v| v.as_message().cloned())?;
-                if let Some(a) = self.one(&qp, "timeout_action") {
-                    let key = format!("{base}.timeout_action");
-                    let action = self.typed(&key, a, |v| v.as_enum().map(str::to_string))?;
-                    match action.as_str() {
-                        "REJECT" => {}
-                        "DELAY" => {
-                            return Err(self.err(
-                                key,
-                                format!("DELAY is not supported{}: a request past its timeout is answered 504 (REJECT); it is never run late", at(a)),
-                            ))
-                        }
-                        other => {
-                            return Err(self.err(
-                                key,
-                                format!("expected REJECT or DELAY, got {other}{}", at(a)),
-                            ))
-                        }
+                let key = format!("{base}.timeout_action");
+                match TimeoutAction::try_from(qp.timeout_action) {
+                    Ok(TimeoutAction::Reject) => {}
+                    Ok(TimeoutAction::Delay) => {
+                        return Err(self.err(
+                            key.clone(),
+                            format!("DELAY is not supported{}: a request past its timeout is answered 504 (REJECT); it is never run late", self.at(&key)),
+                        ))
+                    }
+                    Err(_) => {
+                        return Err(self.err(
+                            key.clone(),
+                            format!("expected REJECT or DELAY, got {}{}", qp.timeout_action, self.at(&key)),
+                        ))
                     }
                 }
-                if let Some(t) = self.one(&qp, "default_timeout_microseconds") {
-                    let key = format!("{base}.default_timeout_microseconds");
-                    let us = self.typed(&key, t, Value::as_u64)?;
-                    if us > 0 {
-                        batching.timeout_ms = us.div_ceil(1000);
-                    }
+                if qp.default_timeout_microseconds > 0 {
+                    batching.timeout_ms = qp.default_timeout_microseconds.div_ceil(1000);
                 }
-                if let Some(o) = self.one(&qp, "allow_timeout_override") {
-                    let key = format!("{base}.allow_timeout_override");
-                    if !self.typed(&key, o, Value::as_bool)? {
-                        self.ignore(
-                            key,
-                            "a request may still ask for a timeout shorter than default_timeout_microseconds (never a longer one)",
-                        );
-                    }
+                let key = format!("{base}.allow_timeout_override");
+                if !qp.allow_timeout_override && self.spots.mentioned(&key) {
+                    self.ignore(
+                        key,
+                        "a request may still ask for a timeout shorter than default_timeout_microseconds (never a longer one)",
+                    );
                 }
-                if let Some(s) = self.one(&qp, "max_queue_size") {
-                    let key = format!("{base}.max_queue_size");
-                    let n = self.typed(&key, s, Value::as_u64)?;
-                    if n > 0 {
-                        batching.max_queue_size = usize::try_from(n).unwrap_or(usize::MAX);
-                    }
+                if qp.max_queue_size > 0 {
+                    batching.max_queue_size =
+                        usize::try_from(qp.max_queue_size).unwrap_or(usize::MAX);
                 }
             }
         }
 
         // Instances.
         let mut instances = Instances::default();
-        let groups = tree.get("instance_group");
-        if !groups.is_empty() {
+        if !c.instance_group.is_empty() {
             let mut count = 0usize;
-            for (i, l) in groups.iter().enumerate() {
+            for (i, g) in c.instance_group.iter().enumerate() {
                 let path = format!("instance_group[{i}]");
-                let g = self.typed(&path, l, |v| v.as_message().cloned())?;
-                if let Some(k) = self.one(&g, "kind") {
-                    let key = format!("{path}.kind");
-                    let kind = self.typed(&key, k, |v| v.as_enum().map(str::to_string))?;
-                    match kind.as_str() {
-                        "KIND_CPU" | "KIND_AUTO" => {}
-                        "KIND_GPU" => {
-                            return Err(self.err(
-                                key,
-                                format!("KIND_GPU is not supported{}: this build runs ONNX Runtime on the CPU only (no CUDA execution provider), and serving a GPU model on the CPU would be far slower than its configuration promises; use KIND_CPU (or KIND_AUTO) to serve it on the CPU", at(k)),
-                            ))
-                        }
-                        "KIND_MODEL" => {
-                            return Err(self.err(
-                                key,
-                                format!("KIND_MODEL is not supported{}: the model does not place itself; use KIND_CPU", at(k)),
-                            ))
-                        }
-                        other => {
-                            return Err(self.err(
-                                key,
-                                format!("expected KIND_CPU, KIND_AUTO or KIND_GPU, got {other}{}", at(k)),
-                            ))
-                        }
+                let key = format!("{path}.kind");
+                match GroupKind::try_from(g.kind) {
+                    Ok(GroupKind::Cpu | GroupKind::Auto) => {}
+                    Ok(GroupKind::Gpu) => {
+                        return Err(self.err(
+                            key.clone(),
+                            format!("KIND_GPU is not supported{}: this build runs ONNX Runtime on the CPU only (no CUDA execution provider), and serving a GPU model on the CPU would be far slower than its configuration promises; use KIND_CPU (or KIND_AUTO) to serve it on the CPU", self.at(&key)),
+                        ))
+                    }
+                    Ok(GroupKind::Model) => {
+                        return Err(self.err(
+                            key.clone(),
+                            format!("KIND_MODEL is not supported{}: the model does not place itself; use KIND_CPU", self.at(&key)),
+                        ))
+                    }
+                    Err(_) => {
+                        return Err(self.err(
+                            key.clone(),
+                            format!("expected KIND_CPU, KIND_AUTO or KIND_GPU, got {}{}", g.kind, self.at(&key)),
+                        ))
                     }
                 }
-                let n = match self.one(&g, "count") {
-                    Some(c) => {
-                        let key = format!("{path}.count");
-                        let n = self.typed(&key, c, Value::as_i64)?;
-                        if n < 1 {
-                            return Err(
-                                self.err(key, format!("expected at least 1, got {n}{}", at(c)))
-                            );
-                        }
-                        n as usize
-                    }
-                    None => 1,
-                };
-                if let Some(p) = self.one(&g, "passive") {
-                    let key = format!("{path}.passive");
-                    if self.typed(&key, p, Value::as_bool)? {
+                let key = format!("{path}.count");
+                let n = if self.spots.mentioned(&key) {
+                    if g.count < 1 {
                         return Err(self.err(
-                            key,
-                            format!("true is not supported{}: every instance ferroserve starts takes requests", at(p)),
+                            key.clone(),
+                            format!("expected at least 1, got {}{}", g.count, self.at(&key)),
                         ));
                     }
-                }
-                if let Some(n) = self.one(&g, "name") {
-                    self.typed(&format!("{path}.name"), n, |v| v.as_str().map(drop))?;
+                    g.count as usize
+                } else {
+                    1
+                };
+                if g.passive {
+                    let key = format!("{path}.passive");
+                    return Err(self.err(
+                        key.clone(),
+                        format!("true is not supported{}: every instance ferroserve starts takes requests", self.at(&key)),
+                    ));
                 }
                 count = count.saturating_add(n);
             }
             instances.count = count;
         }
 
-        // Parameters.
-        for (i, l) in tree.get("parameters").iter().enumerate() {
-            let path = format!("parameters[{i}]");
-            let p = self.typed(&path, l, |v| v.as_message().cloned())?;
-            let key = match self.one(&p, "key") {
-                Some(k) => self.typed(&format!("{path}.key"), k, |v| {
-                    v.as_str().map(str::to_string)
-                })?,
-                None => return Err(self.err(format!("{path}.key"), "is missing")),
-            };
+        // Parameters, in the order written.
+        let entry = descriptors::model_config()
+            .get_field_by_name("parameters")
+            .and_then(|f| f.kind().as_message().cloned())
+            .expect("ModelConfig.parameters is a map");
+        for (path, p) in self.entries("parameters", &entry) {
+            if !self.spots.mentioned(&format!("{path}.key")) {
+                return Err(self.err(format!("{path}.key"), "is missing"));
+            }
+            let key = p
+                .get_field_by_name("key")
+                .and_then(|k| k.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let value = p
+                .get_field_by_name("value")
+                .and_then(|v| {
+                    v.as_message()
+                        .and_then(|m| m.get_field_by_name("string_value"))
+                        .and_then(|s| s.as_str().map(str::to_string))
+                })
+                .unwrap_or_default();
             let named = format!("parameters[{key:?}]");
-            let value = match self.one(&p, "value") {
-                Some(v) => {
-                    let vm =
-                        self.typed(&format!("{named}.value"), v, |v| v.as_message().cloned())?;
-                    match self.one(&vm, "string_value") {
-                        Some(s) => self.typed(&format!("{named}.value.string_value"), s, |v| {
-                            v.as_str().map(str::to_string)
-                        })?,
-                        None => String::new(),
-                    }
-                }
-                None => String::new(),
-            };
+            let at = self.at(&path);
             match rule(PARAMETERS, &key) {
                 Some(Supported(_)) => {
                     // intra_op_thread_count, the one parameter read.
@@ -805,8 +1202,7 @@ impl Reader<'_> {
                         self.err(
                             format!("{named}.value.string_value"),
                             format!(
-                                "expected a thread count (a whole number >= 0), got {value:?}{}",
-                                at(l)
+                                "expected a thread count (a whole number >= 0), got {value:?}{at}"
                             ),
                         )
                     })?;
@@ -814,15 +1210,14 @@ impl Reader<'_> {
                 }
                 Some(Ignored(why)) => self.ignore(named, why),
                 Some(Refused(why)) => {
-                    return Err(self.err(named, format!("not supported{}: {why}", at(l))))
+                    return Err(self.err(named, format!("not supported{at}: {why}")))
                 }
                 None => {
                     let known: Vec<&str> = PARAMETERS.iter().map(|(k, _)| *k).collect();
                     return Err(self.err(
                         named,
                         format!(
-                            "not supported{}: not a parameter of Triton's ONNX Runtime backend that ferroserve knows ({}); remove it if it is only informational",
-                            at(l),
+                            "not supported{at}: not a parameter of Triton's ONNX Runtime backend that ferroserve knows ({}); remove it if it is only informational",
                             known.join(", ")
                         ),
                     ));
@@ -831,68 +1226,49 @@ impl Reader<'_> {
         }
 
         // Model file.
-        let default_model_filename = match self.one(tree, "default_model_filename") {
-            Some(l) => {
-                let f = self.typed("default_model_filename", l, |v| {
-                    v.as_str().map(str::to_string)
-                })?;
-                if f.is_empty() {
-                    DEFAULT_MODEL_FILENAME.to_string()
-                } else if !inside(&f) {
-                    return Err(self.err(
-                        "default_model_filename",
-                        format!("expected a file in the version folder, got {f:?}{}", at(l)),
-                    ));
-                } else {
-                    f
-                }
-            }
-            None => DEFAULT_MODEL_FILENAME.to_string(),
+        let f = &c.default_model_filename;
+        let default_model_filename = if f.is_empty() {
+            DEFAULT_MODEL_FILENAME.to_string()
+        } else if !inside(f) {
+            return Err(self.err(
+                "default_model_filename",
+                format!(
+                    "expected a file in the version folder, got {f:?}{}",
+                    self.at("default_model_filename")
+                ),
+            ));
+        } else {
+            f.clone()
         };
 
         // Version policy.
-        let version_policy = match self.one(tree, "version_policy") {
+        let version_policy = match &c.version_policy {
             None => VersionPolicy::Latest(1),
-            Some(l) => self.version_policy(l)?,
+            Some(p) => self.version_policy(p)?,
         };
 
         // Settings whose value decides.
-        if let Some(o) = self.one(tree, "optimization") {
-            let om = self.typed("optimization", o, |v| v.as_message().cloned())?;
-            if let Some(p) = self.one(&om, "priority") {
-                let v = self.typed("optimization.priority", p, |v| {
-                    v.as_enum().map(str::to_string)
-                })?;
-                if v != "PRIORITY_DEFAULT" {
-                    self.ignore(
-                        "optimization.priority".into(),
-                        "ferroserve does not rank models: every model's requests are scheduled alike",
-                    );
-                }
-            }
+        if c.optimization.as_ref().is_some_and(|o| o.priority != 0) {
+            self.ignore(
+                "optimization.priority".into(),
+                "ferroserve does not rank models: every model's requests are scheduled alike",
+            );
         }
-        if let Some(t) = self.one(tree, "model_transaction_policy") {
-            let tm = self.typed("model_transaction_policy", t, |v| v.as_message().cloned())?;
-            if let Some(d) = self.one(&tm, "decoupled") {
-                let key = "model_transaction_policy.decoupled";
-                if self.typed(key, d, Value::as_bool)? {
-                    return Err(self.err(
-                        key,
-                        format!("true is not supported{}: decoupled models (any number of responses per request) are not implemented", at(d)),
-                    ));
-                }
-            }
+        if c.model_transaction_policy
+            .as_ref()
+            .is_some_and(|t| t.decoupled)
+        {
+            let key = "model_transaction_policy.decoupled";
+            return Err(self.err(
+                key,
+                format!("true is not supported{}: decoupled models (any number of responses per request) are not implemented", self.at(key)),
+            ));
         }
-        if let Some(c) = self.one(tree, "response_cache") {
-            let cm = self.typed("response_cache", c, |v| v.as_message().cloned())?;
-            if let Some(e) = self.one(&cm, "enable") {
-                if self.typed("response_cache.enable", e, Value::as_bool)? {
-                    self.ignore(
-                        "response_cache.enable".into(),
-                        "ferroserve has no response cache: every request is computed, with the same answer",
-                    );
-                }
-            }
+        if c.response_cache.as_ref().is_some_and(|r| r.enable) {
+            self.ignore(
+                "response_cache.enable".into(),
+                "ferroserve has no response cache: every request is computed, with the same answer",
+            );
         }
 
         Ok(ModelConfig {
@@ -904,6 +1280,7 @@ impl Reader<'_> {
             name,
             declared,
             label_files,
+            input_formats,
             batching,
             dynamic_batching: dynamic.is_some(),
             instances,
@@ -913,7 +1290,7 @@ impl Reader<'_> {
         })
     }
 
-    fn data_type(&self, key: &str, t: &str, l: &Located) -> Result<DataType, ManifestError> {
+    fn data_type(&self, key: &str, t: &str) -> Result<DataType, ManifestError> {
         let ferro = match t {
             "TYPE_STRING" => Some(DataType::Bytes),
             other => other
@@ -921,82 +1298,59 @@ impl Reader<'_> {
                 .and_then(|s| s.parse::<DataType>().ok())
                 .filter(|d| *d != DataType::Bytes),
         };
-        ferro.ok_or_else(|| {
-            let problem = match t {
-                "TYPE_BF16" => format!("TYPE_BF16 is not supported{}: ferroserve has no bfloat16 tensors", at(l)),
-                "TYPE_INVALID" => format!("TYPE_INVALID is not a data type{}", at(l)),
-                other => format!(
-                    "expected TYPE_BOOL, TYPE_UINT8 .. TYPE_UINT64, TYPE_INT8 .. TYPE_INT64, TYPE_FP16, TYPE_FP32, TYPE_FP64 or TYPE_STRING, got {other}{}",
-                    at(l)
-                ),
-            };
-            self.err(key, problem)
-        })
+        ferro.ok_or_else(|| self.err(key, data_type_problem(t, &self.at(key))))
     }
 
-    fn version_policy(&self, l: &Located) -> Result<VersionPolicy, ManifestError> {
+    fn version_policy(
+        &self,
+        p: &proto::ModelVersionPolicy,
+    ) -> Result<VersionPolicy, ManifestError> {
         let base = "version_policy";
-        let m = self.typed(base, l, |v| v.as_message().cloned())?;
-        let chosen: Vec<&str> = m.fields().map(|(n, _)| n).collect();
-        if chosen.len() != 1 {
-            return Err(self.err(
-                base,
-                format!(
-                    "expected exactly one of latest, all or specific, got {}{}",
-                    if chosen.is_empty() {
-                        "none".to_string()
-                    } else {
-                        chosen.join(", ")
-                    },
-                    at(l)
-                ),
-            ));
-        }
-        let (name, values) = m.fields().next().expect("one field");
-        let Some(v) = values.first() else {
-            return Err(self.err(format!("{base}.{name}"), "has no value"));
-        };
-        let key = format!("{base}.{name}");
-        let inner = self.typed(&key, v, |v| v.as_message().cloned())?;
-        Ok(match name {
-            "latest" => {
-                let n = match self.one(&inner, "num_versions") {
-                    Some(n) => self.typed(&format!("{key}.num_versions"), n, Value::as_u64)?,
-                    None => 0,
-                };
-                if n == 0 {
+        Ok(match &p.policy_choice {
+            None => {
+                return Err(self.err(
+                    base,
+                    format!(
+                        "expected exactly one of latest, all or specific, got none{}",
+                        self.at(base)
+                    ),
+                ))
+            }
+            Some(PolicyChoice::Latest(l)) => {
+                if l.num_versions == 0 {
                     return Err(self.err(
-                        format!("{key}.num_versions"),
-                        format!("expected at least 1{}", at(v)),
+                        "version_policy.latest.num_versions",
+                        format!("expected at least 1{}", self.at("version_policy.latest")),
                     ));
                 }
-                VersionPolicy::Latest(u32::try_from(n).unwrap_or(u32::MAX))
+                VersionPolicy::Latest(l.num_versions)
             }
-            "all" => VersionPolicy::All,
-            "specific" => {
+            Some(PolicyChoice::All(_)) => VersionPolicy::All,
+            Some(PolicyChoice::Specific(s)) => {
                 let mut vs = Vec::new();
-                for (j, x) in inner.get("versions").iter().enumerate() {
-                    let k = format!("{key}.versions[{j}]");
-                    let n = self.typed(&k, x, Value::as_i64)?;
+                for (j, &n) in s.versions.iter().enumerate() {
+                    let k = format!("version_policy.specific.versions[{j}]");
                     if n < 1 {
                         return Err(self.err(
-                            k,
-                            format!("expected a version number >= 1, got {n}{}", at(x)),
+                            k.clone(),
+                            format!("expected a version number >= 1, got {n}{}", self.at(&k)),
                         ));
                     }
                     vs.push(n as u64);
                 }
                 if vs.is_empty() {
                     return Err(self.err(
-                        format!("{key}.versions"),
-                        format!("lists no version, so nothing would be served{}", at(v)),
+                        "version_policy.specific.versions",
+                        format!(
+                            "lists no version, so nothing would be served{}",
+                            self.at("version_policy.specific")
+                        ),
                     ));
                 }
                 vs.sort_unstable();
                 vs.dedup();
                 VersionPolicy::Specific(vs)
             }
-            other => unreachable!("the table admits only latest, all, specific: {other}"),
         })
     }
 }
@@ -1568,5 +1922,330 @@ mod tests {
         let e = Manifest::load(&m.join("1")).unwrap_err();
         assert_eq!(e.key, "output[1].label_filename");
         assert_eq!(version_policy(&repo.path().join("none")), None);
+    }
+
+    /// Every row of [`SETTINGS`] is a field of the schema config.pbtxt is
+    /// parsed against (`[]` exactly on repeated fields and maps), and every
+    /// field of the schema that the walk can reach (below Supported
+    /// settings) has a row: the table and the proto cannot drift apart.
+    #[test]
+    fn the_table_and_the_schema_agree() {
+        for (path, _) in SETTINGS {
+            let (_, generic, field) = describe(&path.replace("[]", "[0]"));
+            assert!(field.is_some(), "{path} is not in proto/model_config.proto");
+            assert_eq!(generic.last().map(String::as_str), Some(*path), "{path}");
+        }
+        fn walk(m: &MessageDescriptor, table: &str) {
+            for f in m.fields() {
+                let g = join(table, f.name());
+                let g = if f.is_list() || f.is_map() {
+                    format!("{g}[]")
+                } else {
+                    g
+                };
+                let r = rule(SETTINGS, &g);
+                assert!(r.is_some(), "{g} (in the proto) has no row in SETTINGS");
+                if let (Some(Supported(_)), Some(child)) = (r, f.kind().as_message()) {
+                    walk(child, &g);
+                }
+            }
+        }
+        walk(&descriptors::model_config(), "");
+    }
+
+    /// Configs of Triton's own repositories (`tests/fixtures/triton_configs`,
+    /// see its README) read as the hand-written parser this reader replaced
+    /// read them: `expected.tsv` holds that parser's outcome for each,
+    /// recorded before it was removed. The same values for those that
+    /// read; the same key and problem for those refused.
+    #[test]
+    fn triton_example_configs_read_as_before() {
+        fn summary(c: &ModelConfig) -> String {
+            let tensors = |ts: &[TensorSpec]| {
+                let t: Vec<String> = ts
+                    .iter()
+                    .map(|t| format!("{}:{}:{:?}", t.name, t.dtype, t.shape))
+                    .collect();
+                t.join(" ")
+            };
+            let b = &c.batching;
+            let ignored: Vec<&str> = c.ignored.iter().map(|i| i.path.as_str()).collect();
+            format!(
+                "name={} inputs=[{}] outputs=[{}] labels={:?} max_batch_size={} max_queue_delay_us={} preferred_batch_sizes={:?} max_queue_size={} timeout_ms={} dynamic_batching={} instances={} intra_op_threads={} model={} version_policy={:?} ignored={:?}",
+                c.name,
+                tensors(&c.declared.inputs),
+                tensors(&c.declared.outputs),
+                c.label_files,
+                b.max_batch_size,
+                b.max_queue_delay_us,
+                b.preferred_batch_sizes,
+                b.max_queue_size,
+                b.timeout_ms,
+                c.dynamic_batching,
+                c.instances.count,
+                c.instances.intra_op_threads,
+                c.default_model_filename,
+                c.version_policy,
+                ignored
+            )
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/triton_configs");
+        let expected = std::fs::read_to_string(root.join("expected.tsv")).unwrap();
+        let (mut read, mut refused) = (0, 0);
+        for line in expected.lines().filter(|l| !l.starts_with('#')) {
+            let (rel, want) = line.split_once('\t').unwrap();
+            let file = root.join(rel);
+            let folder = file
+                .parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap();
+            let text = std::fs::read_to_string(&file).unwrap();
+            let got = match parse_config(&text, &file, folder) {
+                Ok(c) => {
+                    read += 1;
+                    format!("OK\t{}", summary(&c))
+                }
+                Err(e) => {
+                    refused += 1;
+                    format!("ERR\t{}\t{}", e.key, e.problem)
+                }
+            };
+            assert_eq!(got, want, "{rel}");
+        }
+        // Every fixture is listed.
+        fn count(dir: &Path) -> usize {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .map(|p| match p.extension() {
+                    _ if p.is_dir() => count(&p),
+                    Some(x) if x == "pbtxt" => 1,
+                    _ => 0,
+                })
+                .sum()
+        }
+        assert_eq!(read + refused, count(&root));
+        assert!(
+            read >= 10 && refused >= 40,
+            "{read} read, {refused} refused"
+        );
+    }
+
+    #[test]
+    fn colons_go_before_message_lists_only() {
+        let text = "input [ { dims [] } ]\ndims: [ 1 ] output[{}] x [ 1 ]";
+        let p = Positions::scan(text);
+        let fixed = with_colons(&p, text, 0..text.len());
+        assert_eq!(
+            fixed,
+            "input :[ { dims :[] } ]\ndims: [ 1 ] output:[{}] x [ 1 ]"
+        );
+        for needle in ["input", "dims", "[] }", "} ]", "output", "{}", "x ["] {
+            let at = fixed.find(needle).unwrap();
+            assert_eq!(original(&p, at), text.find(needle).unwrap(), "{needle}");
+        }
+        // Part of the text, for one map entry parsed again.
+        let inner = p.find("input[0]").unwrap().value.clone();
+        assert_eq!(with_colons(&p, text, inner), "{ dims :[] }");
+    }
+
+    #[test]
+    fn syntax_errors_name_line_and_column() {
+        for (text, key, problem) in [
+            (
+                "name: \"m\"\nmax_batch_size 8\n",
+                "line 2 column 16",
+                "expected ':'",
+            ),
+            // After lists written without a colon, which are parsed with one.
+            (
+                "input [ { } ]\noutput [ ]\nmax_batch_size 8",
+                "line 3 column 16",
+                "expected ':'",
+            ),
+            (
+                "input {\n  name: \"x\"\n",
+                "line 3 column 1",
+                "end of input",
+            ),
+            (
+                "name: \"open\nmax_batch_size: 1",
+                "line 1 column 12",
+                "string",
+            ),
+            ("name: 'x", "line 1 column 9", "string terminator"),
+            (
+                "input { dims: [1, 2 }",
+                "line 1 column 21",
+                "expected ',' or ']'",
+            ),
+            ("name: \"\\q\"", "line 1 column 8", "escape"),
+            ("max_batch_size: 12abc", "line 1 column 17", "whitespace"),
+            ("}", "line 1 column 1", "expected a field name"),
+            ("[ext.field]: 1", "line 1 column 1", "extension"),
+            ("max_batch_size", "line 1 column 15", "end of input"),
+            // Columns count characters, not bytes.
+            ("name: 'é' }", "line 1 column 11", "expected a field name"),
+        ] {
+            let e = refused(text);
+            assert_eq!(e.key, key, "{text:?}: {e}");
+            assert!(e.problem.contains(problem), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn value_errors_name_the_setting_and_line() {
+        for (text, key, problem) in [
+            (
+                "input [ { name: \"x\" },\n { name: 5 } ]",
+                "input[1].name",
+                "expected a quoted string, got the number 5 (line 2)",
+            ),
+            (
+                "max_batch_size: 99999999999",
+                "max_batch_size",
+                "expected a signed 32-bit integer, got 99999999999, which is out of range (line 1)",
+            ),
+            (
+                "max_batch_size: 1.5",
+                "max_batch_size",
+                "expected an integer, got the number 1.5",
+            ),
+            (
+                "input { name: \"x\" data_type: TYPE_FP32 dims: 1 optional: maybe }",
+                "input[0].optional",
+                "expected true or false, got the identifier maybe",
+            ),
+            (
+                "dynamic_batching: 5",
+                "dynamic_batching",
+                "expected a message { ... }, got the number 5",
+            ),
+            (
+                "name: [ \"m\" ]",
+                "name",
+                "expected a quoted string, got a list [ ... ]",
+            ),
+            (
+                "optimization { priority: PRIORITY_HIGH }",
+                "optimization.priority",
+                "expected PRIORITY_DEFAULT, PRIORITY_MAX or PRIORITY_MIN, got PRIORITY_HIGH",
+            ),
+            (
+                "dynamic_batching { default_queue_policy { timeout_action: WAIT } }",
+                "dynamic_batching.default_queue_policy.timeout_action",
+                "expected REJECT or DELAY, got WAIT",
+            ),
+            (
+                "version_policy { latest { num_versions: -1 } }",
+                "version_policy.latest.num_versions",
+                ">= 0",
+            ),
+            // A singular field written twice, the first time at its default
+            // (which prost-reflect lets through).
+            (
+                "max_batch_size: 0\nmax_batch_size: 4",
+                "max_batch_size",
+                "is given 2 times (line 2)",
+            ),
+            (
+                "max_batch_size: 0 max_batch_size: 0",
+                "max_batch_size",
+                "is given 2 times",
+            ),
+            (
+                "version_policy { all {} latest { num_versions: 1 } }",
+                "version_policy",
+                "got all, latest (line 1)",
+            ),
+            // Settings ignored as a whole are still parsed against the schema.
+            (
+                "optimization { graph { levle: 1 } }",
+                "optimization.graph.levle",
+                "unknown setting (line 1)",
+            ),
+            // A parse error after a refused setting: the refusal, as when
+            // settings are checked in the order they are written.
+            (
+                "sequence_batching { }\nmax_batch_size: \"8\"",
+                "sequence_batching",
+                "not supported (line 1)",
+            ),
+            (
+                "ensemble_scheduling { step [ { model_name: \"a\" model_version: latest } ] }",
+                "ensemble_scheduling",
+                "not supported (line 1)",
+            ),
+        ] {
+            let e = refused(text);
+            assert_eq!(e.key, key, "{text:?}: {e}");
+            assert!(e.problem.contains(problem), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn text_format_spellings() {
+        // Hexadecimal and octal numbers, an enum value by number, `False`
+        // and `t`, `<>` messages, `;` separators, adjacent strings joined,
+        // escapes, comments.
+        let c = parse(
+            "max_batch_size: 0x4 # four\n\
+             input < name: \"x\"; data_type: 11; dims: [ 010, 0x10 ]; optional: False >\n\
+             output [ { name: 'y' \"z\" data_type: TYPE_FP32 dims: 1 label_filename: \"l\\x61bels.txt\" } ]",
+        )
+        .unwrap();
+        assert_eq!(c.batching.max_batch_size, 4);
+        assert_eq!(c.declared.inputs[0].dtype, DataType::Fp32);
+        assert_eq!(c.declared.inputs[0].shape, [-1, 8, 16]);
+        assert_eq!(c.declared.outputs[0].name, "yz");
+        assert_eq!(c.label_files["yz"], "labels.txt");
+        let e = refused("input { name: \"x\" data_type: TYPE_FP32 dims: 1 is_shape_tensor: t }");
+        assert_eq!(e.key, "input[0].is_shape_tensor");
+        // `name: ""` is a name (not the folder's).
+        assert_eq!(refused("name: \"\"").key, "name");
+    }
+
+    #[test]
+    fn input_formats_are_carried_for_the_configuration_answer() {
+        let c = parse(&with(
+            r#"input [ { name: "img" data_type: TYPE_FP32 format: FORMAT_NCHW dims: [ 3, 8, 8 ] },
+                       { name: "raw" data_type: TYPE_FP32 format: FORMAT_NONE dims: 1 } ]"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            c.input_formats,
+            BTreeMap::from([("img".to_string(), "FORMAT_NCHW".to_string())])
+        );
+        let paths: Vec<&str> = c.ignored.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths, ["input[1].format"]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.onnx"), b"x").unwrap();
+        let m = c.manifest(dir.path()).unwrap();
+        assert_eq!(m.input_formats["img"], "FORMAT_NCHW");
+    }
+
+    proptest::proptest! {
+        /// A config.pbtxt is user input: whatever its bytes, reading it
+        /// answers with a config or an error, never a panic.
+        #[test]
+        fn any_text_reads_or_errs_without_panicking(text in "[ -~\\n\\té{}\\[\\]<>:;,\"'#-]{0,200}") {
+            if let Err(e) = parse(&text) {
+                proptest::prop_assert!(!e.problem.is_empty() && !e.key.is_empty());
+            }
+        }
+
+        /// Lists of messages read the same with or without the colon.
+        #[test]
+        fn lists_read_the_same_with_or_without_colons(colon in proptest::bool::ANY, n in 1usize..4) {
+            let inputs: Vec<String> = (0..n)
+                .map(|i| format!("{{ name: \"i{i}\" data_type: TYPE_INT64 dims: [ {i} ] }}"))
+                .collect();
+            let text = format!("input{} [ {} ]", if colon { ":" } else { "" }, inputs.join(", "));
+            let c = parse(&text).unwrap();
+            proptest::prop_assert_eq!(c.declared.inputs.len(), n);
+        }
     }
 }
