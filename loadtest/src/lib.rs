@@ -20,6 +20,13 @@
 //! through a [`Caller`] (`run_with`): a caller sends one request and says
 //! whether it succeeded; pacing, timeouts, timing and counting stay here, the
 //! same for every protocol, so their figures compare.
+//!
+//! Beside the generator: [`command`] (`ferroserve loadtest`), [`inputs`] and
+//! [`grpc_client`] (requests over every protocol), and [`profiler`]
+//! (`ferroserve profile`). This crate is a client of a server: it may use the
+//! protocol, the runtime's manifests and the registry (the profiler stages a
+//! bundle and starts `ferroserve serve` in a child process), never the server's
+//! insides (`ferroserve-frontend`).
 
 mod caller;
 mod closed_loop;

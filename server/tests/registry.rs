@@ -469,7 +469,7 @@ fn serve_imports_a_repository_without_a_database_once() {
     assert_eq!(count(&c, "SELECT COUNT(*) FROM versions"), 3);
     assert_eq!(count(&c, "SELECT COUNT(*) FROM files"), files_before);
     // Only the import entries: a running server also audits its lifecycle
-    // events (server/src/events), which are not what is counted here.
+    // events (the server's event bus), which are not what is counted here.
     assert_eq!(
         count(&c, "SELECT COUNT(*) FROM audit_log WHERE action = 'import'"),
         3

@@ -7,6 +7,9 @@
 //! `kernels/opencl/` are compiled once per device (or a vendor-compiled
 //! program binary is loaded instead, which is how FPGAs are programmed), and
 //! weights are uploaded once per model.
+//!
+//! This crate knows OpenCL, ONNX graphs and `backends/core` only: not the
+//! protocol, the scheduler, the registry or the server.
 
 mod device;
 mod graph;

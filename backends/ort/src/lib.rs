@@ -5,6 +5,9 @@
 //! builds without a C++ toolchain and runs against the ONNX Runtime the
 //! deployment provides. Start-up is: `find_library` → `init_runtime` → one
 //! [`OrtBackend::load`] per instance; after that a backend only runs batches.
+//!
+//! This crate knows ONNX Runtime and `backends/core` only: not the protocol,
+//! the scheduler, the registry or the server.
 
 mod backend;
 mod convert;

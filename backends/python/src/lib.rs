@@ -18,6 +18,10 @@
 //!   batch of N bodies is N calls in the worker.
 //! - `tensor`: `run(inputs: dict[str, numpy.ndarray]) -> dict[str,
 //!   numpy.ndarray]` gets whole batches; the signature is the manifest's.
+//!
+//! This crate knows Python worker processes and `backends/core` only: not the
+//! protocol, the scheduler, the registry or the server (the raw style says so
+//! through `Capabilities::raw_body`, readiness through `Health`).
 
 pub mod env;
 pub mod protocol;

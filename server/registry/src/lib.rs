@@ -6,7 +6,7 @@
 //!
 //! - [`store`]: the schema and its queries; [`open`]: opening a registry
 //!   (migration, first-use [`import`], crash recovery from the [`journal`]).
-//! - [`register`]: `ferroserve register`, the atomic copy and the one
+//! - [`register`](mod@register): `ferroserve register`, the atomic copy and the one
 //!   transaction that makes a version visible in the database.
 //! - [`journal`]: the pending rows that make a registration survive a
 //!   crash between its rename and its commit, and the recovery on open.

@@ -2,7 +2,7 @@
 //! its steps so a test can `kill -9` the process exactly there.
 
 /// The environment variable that stops a registry operation at a named
-/// point (see [`pause_point`]).
+/// point (see `pause_point`).
 pub const PAUSE_AT_ENV: &str = "FERROSERVE_PAUSE_AT";
 
 /// Lets tests `kill -9` a real process exactly between two steps of a

@@ -8,7 +8,7 @@
 //! ([`crate::register_with`]), which also checks that the model
 //! loads. When the config's `version_policy` serves more than the newest
 //! version (or a pinned one), an endpoint NAME with the same versions is
-//! written to the registry (see [`crate::versions`]), so the imported
+//! written to the registry (see [`crate::deployments::version_policy`]), so the imported
 //! repository serves what Triton served.
 //!
 //! A model whose config is refused is reported with the reason and
