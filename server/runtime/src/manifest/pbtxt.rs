@@ -1953,11 +1953,11 @@ mod tests {
         walk(&descriptors::model_config(), "");
     }
 
-    /// Configs of Triton's own repositories (`tests/fixtures/triton_configs`,
-    /// see its README) read as the hand-written parser this reader replaced
-    /// read them: `expected.tsv` holds that parser's outcome for each,
-    /// recorded before it was removed. The same values for those that
-    /// read; the same key and problem for those refused.
+    /// Triton-style configs (`tests/fixtures/triton_configs`, written for
+    /// this project, see its README) read as the hand-written parser this
+    /// reader replaced read them: `expected.tsv` holds that parser's outcome
+    /// for each, recorded before it was removed. The same values for those
+    /// that read; the same key and problem for those refused.
     #[test]
     fn triton_example_configs_read_as_before() {
         fn summary(c: &ModelConfig) -> String {
@@ -1989,9 +1989,19 @@ mod tests {
                 ignored
             )
         }
+        // Syntax errors are prost-reflect's own words now, and it may put
+        // the column elsewhere on the line (the end of an unterminated
+        // string rather than its start): for them, the line must agree.
+        fn syntax_line(outcome: &str) -> &str {
+            match outcome.strip_prefix("ERR\tline ") {
+                Some(rest) => &outcome[..outcome.len() - rest.len() + rest.find(' ').unwrap()],
+                None => outcome,
+            }
+        }
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/triton_configs");
         let expected = std::fs::read_to_string(root.join("expected.tsv")).unwrap();
         let (mut read, mut refused) = (0, 0);
+        let mut wrong = Vec::new();
         for line in expected.lines().filter(|l| !l.starts_with('#')) {
             let (rel, want) = line.split_once('\t').unwrap();
             let file = root.join(rel);
@@ -2013,8 +2023,11 @@ mod tests {
                     format!("ERR\t{}\t{}", e.key, e.problem)
                 }
             };
-            assert_eq!(got, want, "{rel}");
+            if syntax_line(&got) != syntax_line(want) {
+                wrong.push(format!("{rel}\n  read: {got}\n  want: {want}"));
+            }
         }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
         // Every fixture is listed.
         fn count(dir: &Path) -> usize {
             std::fs::read_dir(dir)
@@ -2029,7 +2042,7 @@ mod tests {
         }
         assert_eq!(read + refused, count(&root));
         assert!(
-            read >= 10 && refused >= 40,
+            read >= 20 && refused >= 35,
             "{read} read, {refused} refused"
         );
     }
