@@ -4,8 +4,9 @@
 //! in place: a binary request's tensor is a slice of the request body, and on
 //! a little-endian machine a suitably aligned slice already is the array ONNX
 //! Runtime wants. Otherwise (unaligned slices, BOOL, BYTES, big-endian hosts)
-//! the data is copied once. Outputs are copied once, out of ONNX Runtime's
-//! buffers into a `Bytes` the server can slice per request.
+//! the data is copied once. Outputs are copied once (one `memcpy` on a
+//! little-endian host), out of ONNX Runtime's buffers into a `Bytes` the
+//! server can slice per request.
 
 use bytes::Bytes;
 use ferroserve_backend_core::{DataType, Tensor};
@@ -118,8 +119,20 @@ pub(crate) fn from_ort(value: &DynValue, name: &str) -> Result<Tensor, String> {
     })
 }
 
+/// One copy of the output, as one `memcpy` on a little-endian host.
 fn numeric_output<T: Numeric>(value: &DynValue) -> Result<Vec<u8>, String> {
     let (_, values) = value.try_extract_tensor::<T>().map_err(|e| e.to_string())?;
+    #[cfg(target_endian = "little")]
+    {
+        // SAFETY: `T: Numeric` is plain data of `T::SIZE` bytes with no
+        // padding, so its elements' memory is `len * SIZE` initialised bytes,
+        // already in little-endian order on this host.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), values.len() * T::SIZE)
+        };
+        return Ok(bytes.to_vec());
+    }
+    #[allow(unreachable_code)]
     let mut out = vec![0u8; values.len() * T::SIZE];
     for (chunk, &v) in out.chunks_exact_mut(T::SIZE).zip(values) {
         v.write_le(chunk);

@@ -485,6 +485,7 @@ impl Deployer {
         Ok(Arc::new(Deployment {
             endpoint: endpoint.to_string(),
             name: d.name.clone(),
+            header: hyper::header::HeaderValue::from_str(&d.name).ok(),
             model: Arc::new(model),
             stats,
         }))

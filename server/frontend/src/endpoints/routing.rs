@@ -28,6 +28,10 @@ pub const DEPLOYMENT_HEADER: &str = "x-ferroserve-deployment";
 pub struct Deployment {
     pub endpoint: String,
     pub name: String,
+    /// `name` as the answer header that names the deployment, built once
+    /// rather than on every request; `None` if the name is not a valid
+    /// header value.
+    pub header: Option<hyper::header::HeaderValue>,
     pub model: Arc<Model>,
     pub stats: Arc<DeploymentStats>,
 }

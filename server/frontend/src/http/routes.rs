@@ -298,8 +298,8 @@ async fn infer(
             reply::infer_error(&e)
         }
     };
-    if let Ok(v) = HeaderValue::from_str(&routed.deployment.name) {
-        response.headers_mut().insert(DEPLOYMENT_HEADER, v);
+    if let Some(v) = &routed.deployment.header {
+        response.headers_mut().insert(DEPLOYMENT_HEADER, v.clone());
     }
     response
 }
@@ -433,8 +433,8 @@ async fn score(
             reply::infer_error(&e)
         }
     };
-    if let Ok(v) = HeaderValue::from_str(&routed.deployment.name) {
-        response.headers_mut().insert(DEPLOYMENT_HEADER, v);
+    if let Some(v) = &routed.deployment.header {
+        response.headers_mut().insert(DEPLOYMENT_HEADER, v.clone());
     }
     response
 }

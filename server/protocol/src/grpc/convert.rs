@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use ferroserve_backend_core::{DataType, Tensor};
 
 use super::proto::infer_parameter::ParameterChoice;
@@ -177,37 +177,33 @@ fn pack_contents(dtype: DataType, c: &InferTensorContents, count: usize) -> Resu
             "shape needs {count} elements, received {received} in contents.{field}"
         ));
     }
-    fn narrow<T: TryFrom<i64> + Copy>(
-        v: &[i64],
+    /// Narrows 32-bit contents to the tensor's type, refusing values out of
+    /// its range, and appends them little-endian with no allocation per
+    /// element.
+    fn narrow<S: Copy + Into<i64>, T: TryFrom<i64> + Copy>(
+        v: &[S],
         dtype: DataType,
         out: &mut BytesMut,
-        le: impl Fn(T) -> Vec<u8>,
+        put: impl Fn(&mut BytesMut, T),
     ) -> Result<(), String> {
         for (i, &x) in v.iter().enumerate() {
+            let x: i64 = x.into();
             let y = T::try_from(x)
                 .map_err(|_| format!("element {i}: {x} is out of range for {dtype}"))?;
-            out.extend_from_slice(&le(y));
+            put(out, y);
         }
         Ok(())
     }
     let mut out = BytesMut::with_capacity(count * dtype.element_size().unwrap_or(8));
-    let ints: Vec<i64> = match dtype {
-        DataType::Int8 | DataType::Int16 | DataType::Int32 => {
-            c.int_contents.iter().map(|&x| x as i64).collect()
-        }
-        DataType::Uint8 | DataType::Uint16 | DataType::Uint32 => {
-            c.uint_contents.iter().map(|&x| x as i64).collect()
-        }
-        _ => Vec::new(),
-    };
+    let (ints, uints) = (&c.int_contents, &c.uint_contents);
     match dtype {
         DataType::Bool => out.extend(c.bool_contents.iter().map(|&b| b as u8)),
-        DataType::Int8 => narrow::<i8>(&ints, dtype, &mut out, |x| x.to_le_bytes().to_vec())?,
-        DataType::Int16 => narrow::<i16>(&ints, dtype, &mut out, |x| x.to_le_bytes().to_vec())?,
-        DataType::Int32 => narrow::<i32>(&ints, dtype, &mut out, |x| x.to_le_bytes().to_vec())?,
-        DataType::Uint8 => narrow::<u8>(&ints, dtype, &mut out, |x| x.to_le_bytes().to_vec())?,
-        DataType::Uint16 => narrow::<u16>(&ints, dtype, &mut out, |x| x.to_le_bytes().to_vec())?,
-        DataType::Uint32 => narrow::<u32>(&ints, dtype, &mut out, |x| x.to_le_bytes().to_vec())?,
+        DataType::Int8 => narrow(ints, dtype, &mut out, |o, x: i8| o.put_i8(x))?,
+        DataType::Int16 => narrow(ints, dtype, &mut out, |o, x: i16| o.put_i16_le(x))?,
+        DataType::Int32 => narrow(ints, dtype, &mut out, |o, x: i32| o.put_i32_le(x))?,
+        DataType::Uint8 => narrow(uints, dtype, &mut out, |o, x: u8| o.put_u8(x))?,
+        DataType::Uint16 => narrow(uints, dtype, &mut out, |o, x: u16| o.put_u16_le(x))?,
+        DataType::Uint32 => narrow(uints, dtype, &mut out, |o, x: u32| o.put_u32_le(x))?,
         DataType::Int64 => c
             .int64_contents
             .iter()

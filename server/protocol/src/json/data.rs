@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use bytes::BufMut;
 use ferroserve_backend_core::{DataType, Tensor};
 use half::f16;
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
@@ -37,10 +38,12 @@ impl Sink {
         ))
     }
 
+    /// Appends `v` as a `T`, refusing it if out of `T`'s range; `put` writes
+    /// it little-endian straight into the buffer (no allocation per element).
     fn int<E: de::Error, T: TryFrom<i128> + Copy>(
         &mut self,
         v: i128,
-        le: impl Fn(T) -> Vec<u8>,
+        put: impl Fn(&mut Vec<u8>, T),
     ) -> Result<(), E> {
         let Ok(x) = T::try_from(v) else {
             return Err(E::custom(format_args!(
@@ -48,20 +51,20 @@ impl Sink {
                 self.count, self.dtype
             )));
         };
-        self.buf.extend_from_slice(&le(x));
+        put(&mut self.buf, x);
         Ok(())
     }
 
     fn push_int<E: de::Error>(&mut self, v: i128) -> Result<(), E> {
         match self.dtype {
-            DataType::Uint8 => self.int::<E, u8>(v, |x| x.to_le_bytes().to_vec())?,
-            DataType::Uint16 => self.int::<E, u16>(v, |x| x.to_le_bytes().to_vec())?,
-            DataType::Uint32 => self.int::<E, u32>(v, |x| x.to_le_bytes().to_vec())?,
-            DataType::Uint64 => self.int::<E, u64>(v, |x| x.to_le_bytes().to_vec())?,
-            DataType::Int8 => self.int::<E, i8>(v, |x| x.to_le_bytes().to_vec())?,
-            DataType::Int16 => self.int::<E, i16>(v, |x| x.to_le_bytes().to_vec())?,
-            DataType::Int32 => self.int::<E, i32>(v, |x| x.to_le_bytes().to_vec())?,
-            DataType::Int64 => self.int::<E, i64>(v, |x| x.to_le_bytes().to_vec())?,
+            DataType::Uint8 => self.int::<E, u8>(v, |b, x| b.put_u8(x))?,
+            DataType::Uint16 => self.int::<E, u16>(v, |b, x| b.put_u16_le(x))?,
+            DataType::Uint32 => self.int::<E, u32>(v, |b, x| b.put_u32_le(x))?,
+            DataType::Uint64 => self.int::<E, u64>(v, |b, x| b.put_u64_le(x))?,
+            DataType::Int8 => self.int::<E, i8>(v, |b, x| b.put_i8(x))?,
+            DataType::Int16 => self.int::<E, i16>(v, |b, x| b.put_i16_le(x))?,
+            DataType::Int32 => self.int::<E, i32>(v, |b, x| b.put_i32_le(x))?,
+            DataType::Int64 => self.int::<E, i64>(v, |b, x| b.put_i64_le(x))?,
             DataType::Fp16 | DataType::Fp32 | DataType::Fp64 => return self.push_float(v as f64),
             DataType::Bool | DataType::Bytes => return Err(self.wrong(v)),
         }
