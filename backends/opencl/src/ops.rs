@@ -311,14 +311,30 @@ impl Window {
         kernel_from_weights: Option<&[usize]>,
     ) -> Result<Resolved, String> {
         let n = input.len();
+        // `min` is the least value the attribute may take: 1 for sizes,
+        // strides and dilations (0 would divide by zero or make an empty
+        // window), 0 for pads. Anything less is the model's error.
         let list = |name: &str,
                     v: &Option<Vec<i64>>,
                     default: usize,
-                    len: usize|
+                    len: usize,
+                    min: i64|
          -> Result<Vec<usize>, String> {
             match v {
                 None => Ok(vec![default; len]),
-                Some(v) if v.len() == len => Ok(v.iter().map(|&x| x as usize).collect()),
+                Some(v) if v.len() == len => v
+                    .iter()
+                    .map(|&x| {
+                        if x < min {
+                            Err(format!(
+                                "attribute {name:?} is {v:?}: every value must be at least {min}"
+                            ))
+                        } else {
+                            usize::try_from(x)
+                                .map_err(|_| format!("attribute {name:?} value {x} is too large"))
+                        }
+                    })
+                    .collect(),
                 Some(v) => Err(format!(
                     "attribute {name:?} has {} values, expected {len} for {n} spatial dimensions",
                     v.len()
@@ -327,7 +343,7 @@ impl Window {
         };
         let kernel = match (&self.kernel_shape, kernel_from_weights) {
             (Some(k), Some(w)) => {
-                let k = list("kernel_shape", &Some(k.clone()), 1, n)?;
+                let k = list("kernel_shape", &Some(k.clone()), 1, n, 1)?;
                 if k != w {
                     return Err(format!(
                         "attribute \"kernel_shape\" is {k:?} but the weights' kernel is {w:?}"
@@ -335,13 +351,18 @@ impl Window {
                 }
                 k
             }
-            (Some(k), None) => list("kernel_shape", &Some(k.clone()), 1, n)?,
+            (Some(k), None) => list("kernel_shape", &Some(k.clone()), 1, n, 1)?,
+            (None, Some(w)) if w.contains(&0) => {
+                return Err(format!(
+                    "the weights' kernel is {w:?}: every spatial dimension must be at least 1"
+                ))
+            }
             (None, Some(w)) => w.to_vec(),
             (None, None) => return Err("attribute \"kernel_shape\" is required".into()),
         };
-        let strides = list("strides", &self.strides, 1, n)?;
-        let dilations = list("dilations", &self.dilations, 1, n)?;
-        let pads = list("pads", &self.pads, 0, 2 * n)?;
+        let strides = list("strides", &self.strides, 1, n, 1)?;
+        let dilations = list("dilations", &self.dilations, 1, n, 1)?;
+        let pads = list("pads", &self.pads, 0, 2 * n, 0)?;
         let mut pad_begin = pads[..n].to_vec();
         let mut pad_end = pads[n..].to_vec();
         let mut output = vec![0; n];
@@ -532,6 +553,44 @@ mod tests {
         assert!(reshape(&[2, 3], &[4, 2], false)
             .unwrap_err()
             .contains("6 elements"));
+    }
+
+    /// Found by `any_single_node_plans_or_errs`: a Conv whose weights have
+    /// a 0-sized kernel underflowed, and a 0 stride would divide by zero.
+    #[test]
+    fn empty_kernels_and_zero_strides_are_errors_not_panics() {
+        let w = |kernel: Option<Vec<i64>>, strides: Option<Vec<i64>>| Window {
+            kernel_shape: kernel,
+            strides,
+            pads: None,
+            dilations: None,
+            auto_pad: AutoPad::NotSet,
+            ceil_mode: false,
+        };
+        let e = w(None, None).resolve(&[0, 0], Some(&[0, 0])).unwrap_err();
+        assert!(e.contains("[0, 0]") && e.contains("at least 1"), "{e}");
+        let e = w(Some(vec![0, 2]), None)
+            .resolve(&[4, 4], None)
+            .unwrap_err();
+        assert!(
+            e.contains("kernel_shape") && e.contains("at least 1"),
+            "{e}"
+        );
+        let e = w(Some(vec![2, 2]), Some(vec![1, 0]))
+            .resolve(&[4, 4], None)
+            .unwrap_err();
+        assert!(e.contains("strides") && e.contains("[1, 0]"), "{e}");
+        let e = w(Some(vec![2, 2]), Some(vec![-1, 1]))
+            .resolve(&[4, 4], None)
+            .unwrap_err();
+        assert!(e.contains("strides") && e.contains("at least 1"), "{e}");
+        assert_eq!(
+            w(Some(vec![2, 2]), None)
+                .resolve(&[4, 4], None)
+                .unwrap()
+                .output,
+            vec![3, 3]
+        );
     }
 
     #[test]
