@@ -6,6 +6,7 @@
 # per round. Needs wrk (Debian's wrk; installed if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/listening.sh
 
 rounds="${ROUNDS:-3}"
 secs="${WRK_SECS:-5}"
@@ -28,22 +29,13 @@ work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$work"' EXIT
 
-# Starts a server logging to $work/$1.log and prints its HTTP address.
+# Starts a server in the background logging to $work/$1.log (in this shell,
+# so that the trap knows its pid).
 start() {
   local name=$1
   shift
   "$@" >"$work/$name.log" 2>&1 &
   pids+=($!)
-  for _ in $(seq 600); do
-    if grep -q 'HTTP server listening on' "$work/$name.log"; then
-      grep -o 'HTTP server listening on [0-9.:]*' "$work/$name.log" | awk '{print $NF}'
-      return
-    fi
-    sleep 0.1
-  done
-  cat "$work/$name.log" >&2
-  echo "error: $name did not start" >&2
-  exit 1
 }
 
 python3 - "$work" <<'EOF'
@@ -58,11 +50,13 @@ open(f"{sys.argv[1]}/post.lua", "w").write(
     'wrk.headers["Content-Type"] = "application/json"\n')
 EOF
 
-ferro=$(start ferroserve "$bin" serve --repo examples/models --host 127.0.0.1 --http-port 0 --grpc-port 0)
+start ferroserve "$bin" serve --repo examples/models --host 127.0.0.1 --http-port 0 --grpc-port 0
+ferro=$(listening_addr "$work/ferroserve.log" HTTP)
 answer=$(curl -sf -X POST -H 'content-type: application/json' --data-binary @"$work/body.json" "http://$ferro/v2/models/mlp/infer")
 bytes=${#answer}
-minimal=$(FERROSERVE_BENCH_ROLE=minimal-server FERROSERVE_BENCH_RESPONSE_BYTES=$bytes \
-  FERROSERVE_BENCH_HEADER_LEN=0 start minimal "$bench")
+FERROSERVE_BENCH_ROLE=minimal-server FERROSERVE_BENCH_RESPONSE_BYTES=$bytes \
+  FERROSERVE_BENCH_HEADER_LEN=0 start minimal "$bench"
+minimal=$(listening_addr "$work/minimal.log" HTTP)
 echo "wrk -t1 -c16 -d${secs}s, POST $(wc -c <"$work/body.json")-byte JSON body; answers $bytes bytes"
 echo "ferroserve http://$ferro/v2/models/mlp/infer, minimal hyper http://$minimal/"
 

@@ -13,6 +13,7 @@
 # arguments, if any, pick loads by name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/listening.sh
 
 secs="${PROFILE_SECS:-8}"
 out=target/profile
@@ -38,13 +39,8 @@ log=$(mktemp)
 "$bin" serve --repo examples/models --host 127.0.0.1 --http-port 0 --grpc-port 0 >"$log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; rm -f "$log"' EXIT
-for _ in $(seq 600); do
-  grep -q 'gRPC server listening on' "$log" && break
-  sleep 0.1
-done
-http=$(grep -o 'HTTP server listening on [0-9.:]*' "$log" | awk '{print $NF}')
-grpc=$(grep -o 'gRPC server listening on [0-9.:]*' "$log" | awk '{print $NF}')
-[ -n "$http" ] && [ -n "$grpc" ] || { cat "$log"; echo "error: the server did not start" >&2; exit 1; }
+http=$(listening_addr "$log" HTTP)
+grpc=$(listening_addr "$log" gRPC)
 
 loads=("$@")
 [ ${#loads[@]} -gt 0 ] || loads=(conv-batched conv-single mlp-http mlp-json mlp-grpc)

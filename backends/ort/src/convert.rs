@@ -130,12 +130,14 @@ fn numeric_output<T: Numeric>(value: &DynValue) -> Result<Vec<u8>, String> {
         let bytes = unsafe {
             std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), values.len() * T::SIZE)
         };
-        return Ok(bytes.to_vec());
+        Ok(bytes.to_vec())
     }
-    #[allow(unreachable_code)]
-    let mut out = vec![0u8; values.len() * T::SIZE];
-    for (chunk, &v) in out.chunks_exact_mut(T::SIZE).zip(values) {
-        v.write_le(chunk);
+    #[cfg(target_endian = "big")]
+    {
+        let mut out = vec![0u8; values.len() * T::SIZE];
+        for (chunk, &v) in out.chunks_exact_mut(T::SIZE).zip(values) {
+            v.write_le(chunk);
+        }
+        Ok(out)
     }
-    Ok(out)
 }

@@ -41,7 +41,9 @@ pub(crate) unsafe trait Numeric:
     const SIZE: usize;
     /// Reads one element from exactly `SIZE` little-endian bytes.
     fn read_le(bytes: &[u8]) -> Self;
-    /// Writes this element as `SIZE` little-endian bytes.
+    /// Writes this element as `SIZE` little-endian bytes (little-endian
+    /// hosts copy outputs whole instead).
+    #[cfg(target_endian = "big")]
     fn write_le(self, out: &mut [u8]);
 }
 
@@ -58,6 +60,7 @@ macro_rules! numeric {
                 <$t>::from_le_bytes(raw)
             }
             #[inline]
+            #[cfg(target_endian = "big")]
             fn write_le(self, out: &mut [u8]) {
                 out.copy_from_slice(&self.to_le_bytes());
             }
