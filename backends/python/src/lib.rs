@@ -24,6 +24,7 @@
 //! through `Capabilities::raw_body`, readiness through `Health`).
 
 pub mod env;
+pub mod frames;
 pub mod protocol;
 pub mod worker;
 

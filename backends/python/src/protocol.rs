@@ -2,7 +2,9 @@
 //! `harness.py` for the worker's side). Tensors travel as their raw bytes,
 //! never as JSON lists.
 
-use std::io::{self, Read, Write};
+#[cfg(test)]
+use std::io::Read;
+use std::io::{self, Write};
 
 use bytes::Bytes;
 use ferroserve_backend_core::{DataType, Tensor};
@@ -101,18 +103,34 @@ fn bad(what: &str) -> io::Error {
     )
 }
 
-/// Reads one frame. End of stream (the worker exited) is `UnexpectedEof`.
-pub fn read_message<R: Read>(r: &mut R) -> io::Result<Message> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len)?;
-    let len = u32::from_le_bytes(len) as usize;
+/// The body length a frame's 4-byte prefix announces, checked: an empty
+/// or oversized frame means the stream is not this protocol any more.
+pub fn frame_len(prefix: [u8; 4]) -> io::Result<usize> {
+    let len = u32::from_le_bytes(prefix) as usize;
     if len == 0 || len > MAX_FRAME {
         return Err(bad(&format!("frame of {len} bytes")));
     }
-    let mut buf = vec![0u8; len];
+    Ok(len)
+}
+
+/// Reads one frame. End of stream (the worker exited) is `UnexpectedEof`.
+#[cfg(test)]
+fn read_message<R: Read>(r: &mut R) -> io::Result<Message> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let mut buf = vec![0u8; frame_len(len)?];
     r.read_exact(&mut buf)?;
+    decode(Bytes::from(buf))
+}
+
+/// Parses one frame's body (after its length prefix). Tensor data stays a
+/// slice of `frame`.
+pub fn decode(frame: Bytes) -> io::Result<Message> {
+    if frame.is_empty() {
+        return Err(bad("empty frame"));
+    }
     let mut c = Cursor {
-        data: Bytes::from(buf),
+        data: frame,
         pos: 1,
     };
     match c.data[0] {
