@@ -17,7 +17,7 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use crate::duration::parse_duration;
-use crate::grpc_client::grpc_inference_service_client::GrpcInferenceServiceClient;
+use crate::grpc_connection::{self, GrpcClient};
 use crate::inputs;
 use ferroserve_protocol::grpc::proto::ModelInferRequest;
 
@@ -123,8 +123,10 @@ pub fn address(url: &str) -> Result<SocketAddr, LoadtestError> {
 /// One gRPC client slot: its own HTTP/2 connection, one call at a time,
 /// sending the run's requests in turn.
 struct GrpcCaller {
-    endpoint: tonic::transport::Endpoint,
-    client: Option<GrpcInferenceServiceClient<tonic::transport::Channel>>,
+    addr: SocketAddr,
+    /// `None` until a connect succeeds, and again after the connection
+    /// broke (the next call reconnects).
+    client: Option<GrpcClient>,
     requests: Arc<[ModelInferRequest]>,
     token: Option<Arc<str>>,
 }
@@ -134,8 +136,8 @@ impl Caller for GrpcCaller {
         use std::error::Error as _;
         let client = match &mut self.client {
             Some(c) => c,
-            None => match self.endpoint.connect().await {
-                Ok(ch) => self.client.insert(GrpcInferenceServiceClient::new(ch)),
+            None => match grpc_connection::connect(self.addr).await {
+                Ok(c) => self.client.insert(c),
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     return Err(ErrorKind::Connect);
@@ -151,7 +153,10 @@ impl Caller for GrpcCaller {
         }
         match client.model_infer(req).await {
             Ok(_) => Ok(()),
-            Err(status) if status.source().is_some() => Err(ErrorKind::Io),
+            Err(status) if status.source().is_some() => {
+                self.client = None;
+                Err(ErrorKind::Io)
+            }
             Err(status) => Err(ErrorKind::GrpcStatus(status.code() as i32)),
         }
     }
@@ -272,24 +277,15 @@ pub fn run(args: LoadtestArgs) -> Result<Report, LoadtestError> {
                 .map(|i| inputs::grpc_request(&args.model, &version, i))
                 .collect::<Vec<_>>()
                 .into();
-            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| err(e.to_string()))?
-                .tcp_nodelay(true)
-                .connect_timeout(Duration::from_secs(5));
             let token: Option<Arc<str>> = token.as_deref().map(Arc::from);
             let connect = |_| {
-                let (endpoint, requests, token) =
-                    (endpoint.clone(), Arc::clone(&requests), token.clone());
+                let (requests, token) = (Arc::clone(&requests), token.clone());
                 let p = Arc::clone(&progress);
                 async move {
-                    let client = endpoint
-                        .connect()
-                        .await
-                        .ok()
-                        .map(GrpcInferenceServiceClient::new);
+                    let client = grpc_connection::connect(addr).await.ok();
                     Counted::new(
                         GrpcCaller {
-                            endpoint,
+                            addr,
                             client,
                             requests,
                             token,

@@ -35,6 +35,7 @@ mod connection;
 pub mod duration;
 mod error;
 pub mod grpc_client;
+pub mod grpc_connection;
 pub mod inputs;
 mod open_loop;
 pub mod profiler;

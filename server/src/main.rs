@@ -25,6 +25,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+// Built with mimalloc's `no_thp`: otherwise it asks for transparent huge
+// pages on its arenas, and the few bytes touched in each 2 MiB region at
+// start-up make the whole region resident (20 of the idle server's 63 MiB).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -3,9 +3,9 @@
 //! performance-minded gRPC client (Triton's) does, so that the same closed
 //! loop times HTTP and gRPC and their figures compare.
 //!
-//! Each caller owns one tonic channel, i.e. one HTTP/2 connection carrying
-//! one call at a time: the gRPC twin of the HTTP generator's one keep-alive
-//! connection per caller.
+//! Each caller owns one HTTP/2 connection carrying one call at a time (the
+//! load generator's direct connection, not tonic's buffered `Channel`): the
+//! gRPC twin of the HTTP generator's one keep-alive connection per caller.
 
 use std::error::Error as _;
 use std::net::SocketAddr;
@@ -13,13 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use ferroserve_loadtest::grpc_client::grpc_inference_service_client::GrpcInferenceServiceClient;
+use ferroserve_loadtest::grpc_connection::{self, GrpcClient};
 use ferroserve_loadtest::{Caller, ErrorKind};
 use ferroserve_protocol::grpc::proto::model_infer_request::{
     InferInputTensor, InferRequestedOutputTensor,
 };
 use ferroserve_protocol::grpc::proto::{ModelInferRequest, ModelInferResponse};
-use tonic::transport::{Channel, Endpoint};
 
 use crate::model::Bundle;
 
@@ -27,11 +26,9 @@ use crate::model::Bundle;
 /// so a server that is down is not hammered by a tight loop of connects.
 const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
 
-type Client = GrpcInferenceServiceClient<Channel>;
-
 /// One infer call, prepared once and sent by every caller of a run.
 pub struct GrpcInfer {
-    endpoint: Endpoint,
+    addr: SocketAddr,
     /// Cloned per call; the tensor is `Bytes`, so a clone shares it and
     /// costs a few small allocations for the names and shape.
     request: ModelInferRequest,
@@ -44,10 +41,6 @@ impl GrpcInfer {
     /// `rows` rows of `bundle`'s benchmark input, the same data the HTTP
     /// requests carry, asking for its one output.
     pub fn new(addr: SocketAddr, bundle: &Bundle, rows: usize) -> Result<Arc<GrpcInfer>> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .context("a socket address is a valid URI")?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5));
         let request = ModelInferRequest {
             model_name: bundle.name.clone(),
             inputs: vec![InferInputTensor {
@@ -64,7 +57,7 @@ impl GrpcInfer {
             ..Default::default()
         };
         Ok(Arc::new(GrpcInfer {
-            endpoint,
+            addr,
             request,
             output: bundle.output.clone(),
             output_bytes: rows * bundle.output_row_bytes,
@@ -76,19 +69,17 @@ impl GrpcInfer {
     pub async fn connect(self: &Arc<Self>) -> GrpcCaller {
         GrpcCaller {
             infer: Arc::clone(self),
-            client: self.endpoint.connect().await.ok().map(Client::new),
+            client: grpc_connection::connect(self.addr).await.ok(),
         }
     }
 
     /// One call, insisting on a correct answer: a server that fails every
     /// call would otherwise produce fine-looking, meaningless figures.
     pub async fn check(&self) -> Result<()> {
-        let channel = self
-            .endpoint
-            .connect()
+        let mut client = grpc_connection::connect(self.addr)
             .await
-            .with_context(|| format!("connecting to gRPC at {}", self.endpoint.uri()))?;
-        let answer = Client::new(channel)
+            .with_context(|| format!("connecting to gRPC at {}", self.addr))?;
+        let answer = client
             .model_infer(self.request.clone())
             .await
             .with_context(|| format!("gRPC ModelInfer {}", self.request.model_name))?;
@@ -129,18 +120,17 @@ impl GrpcInfer {
 /// One client slot of a gRPC run.
 pub struct GrpcCaller {
     infer: Arc<GrpcInfer>,
-    /// `None` until a connect succeeds. Once connected, tonic's channel
-    /// reconnects by itself after the connection breaks; the call in flight
-    /// fails and counts.
-    client: Option<Client>,
+    /// `None` until a connect succeeds, and again after the connection
+    /// broke: the call in flight fails and counts, the next reconnects.
+    client: Option<GrpcClient>,
 }
 
 impl Caller for GrpcCaller {
     async fn call(&mut self, _ticket: u64) -> Result<(), ErrorKind> {
         let client = match &mut self.client {
             Some(client) => client,
-            None => match self.infer.endpoint.connect().await {
-                Ok(channel) => self.client.insert(Client::new(channel)),
+            None => match grpc_connection::connect(self.infer.addr).await {
+                Ok(client) => self.client.insert(client),
                 Err(_) => {
                     tokio::time::sleep(CONNECT_BACKOFF).await;
                     return Err(ErrorKind::Connect);
@@ -154,7 +144,10 @@ impl Caller for GrpcCaller {
                 .map_err(|_| ErrorKind::BadAnswer),
             // tonic gives a status a source only when it made the status up
             // from a transport failure; statuses the server sent have none.
-            Err(status) if status.source().is_some() => Err(ErrorKind::Io),
+            Err(status) if status.source().is_some() => {
+                self.client = None;
+                Err(ErrorKind::Io)
+            }
             Err(status) => Err(ErrorKind::GrpcStatus(status.code() as i32)),
         }
     }
