@@ -27,9 +27,20 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("protocol", &["ferroserve-protocol"]),
     ("runtime", &["ferroserve-runtime"]),
     ("registry", &["ferroserve-registry"]),
+    ("monitoring", &["ferroserve-monitoring"]),
     ("server", &["ferroserve-frontend"]),
     ("tools", &["ferroserve-loadtest"]),
     ("binary", &["ferroserve"]),
+];
+
+/// What a layer that only turns bytes or tensors into other bytes uses none of.
+const NO_SOCKETS_OR_STORAGE: &[&str] = &[
+    "tokio",
+    "hyper",
+    "hyper-util",
+    "tonic",
+    "reqwest",
+    "rusqlite",
 ];
 
 /// External crates a layer must not use, and why: the protocol crate is
@@ -38,14 +49,7 @@ const LAYERS: &[(&str, &[&str])] = &[
 const FORBIDDEN: &[(&str, &[&str], &str)] = &[
     (
         "ferroserve-protocol",
-        &[
-            "tokio",
-            "hyper",
-            "hyper-util",
-            "tonic",
-            "reqwest",
-            "rusqlite",
-        ],
+        NO_SOCKETS_OR_STORAGE,
         "the protocol layer knows no sockets, no tokio and no storage",
     ),
     (
@@ -64,6 +68,11 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
         "ferroserve-registry",
         &["hyper", "hyper-util", "tonic", "reqwest", "tokio-rustls"],
         "the registry must not know the front ends",
+    ),
+    (
+        "ferroserve-monitoring",
+        NO_SOCKETS_OR_STORAGE,
+        "capture and drift statistics know tensors and files, not the front ends or the registry's storage",
     ),
 ];
 
