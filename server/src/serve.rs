@@ -372,6 +372,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         anyhow::Ok(())
     })?;
     state.events.flush_audit(Duration::from_secs(2));
+    // Every accepted capture sample reaches a closed file before exit.
+    rt.block_on(deployer.close_captures());
     state.routes.clear();
     tracing::info!("shut down cleanly");
     Ok(())

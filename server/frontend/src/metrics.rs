@@ -31,6 +31,8 @@ pub struct Metrics {
     pub mirror_requests: IntCounterVec,
     /// Mirrored copies dropped because too many were in flight.
     pub mirror_dropped: IntCounterVec,
+    /// What the deployments' captures wrote and dropped.
+    pub capture: ferroserve_monitoring::capture::CaptureSeries,
 }
 
 impl Metrics {
@@ -83,10 +85,12 @@ impl Metrics {
         )
         .expect("valid metric");
         let models = ModelSeries::new();
+        let capture = ferroserve_monitoring::capture::CaptureSeries::new();
         for c in models
             .collectors()
             .into_iter()
             .chain(events.collectors())
+            .chain(capture.collectors())
             .chain([
                 Box::new(rejected.clone()) as Box<dyn prometheus::core::Collector>,
                 Box::new(connections_rejected.clone()),
@@ -109,6 +113,7 @@ impl Metrics {
             events,
             mirror_requests,
             mirror_dropped,
+            capture,
         }
     }
 

@@ -61,13 +61,16 @@ fn sample(i: usize, rows: usize) -> Sample {
         latency: Duration::from_micros(100 + i as u64),
         status: if failed { 400 } else { 200 },
         error: failed.then(|| "x: bad".to_string()),
-        inputs: vec![f32s(vec![rows as i64, 3], &x)],
+        inputs: vec![("x".into(), f32s(vec![rows as i64, 3], &x))],
         outputs: if failed {
             vec![]
         } else {
             vec![
-                f32s(vec![rows as i64, 2], &score),
-                Tensor::from_strings(vec![rows as i64], &labels).unwrap(),
+                ("score".into(), f32s(vec![rows as i64, 2], &score)),
+                (
+                    "label".into(),
+                    Tensor::from_strings(vec![rows as i64], &labels).unwrap(),
+                ),
             ]
         },
     }
@@ -255,7 +258,7 @@ fn inputs_that_do_not_fit_the_signature_are_null_not_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let (capture, counters) = start(settings(dir.path()));
     let mut bad = sample(0, 1);
-    bad.inputs = vec![f32s(vec![1, 2], &[1.0, 2.0])];
+    bad.inputs = vec![("x".into(), f32s(vec![1, 2], &[1.0, 2.0]))];
     bad.outputs.clear();
     bad.status = 400;
     capture.offer(bad);

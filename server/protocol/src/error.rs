@@ -30,6 +30,20 @@ pub enum InferError {
 }
 
 impl InferError {
+    /// The HTTP status that answers it (the Open Inference Protocol's REST
+    /// mapping; also the status a capture records for a gRPC request).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            InferError::NotFound(_) => 404,
+            InferError::InvalidInput(_) => 400,
+            InferError::PayloadTooLarge(_) => 413,
+            InferError::QueueFull(_) | InferError::Unavailable(_) => 503,
+            InferError::Timeout(_) => 504,
+            InferError::ClientTimeout(_) => 408,
+            InferError::Backend(_) => 500,
+        }
+    }
+
     /// The `outcome` label of the request counter.
     pub fn outcome(&self) -> &'static str {
         match self {

@@ -482,13 +482,38 @@ impl Deployer {
                 "deployment loaded and warmed up"
             );
         }
+        let capture = match &model.manifest.capture {
+            None => None,
+            Some(config) => Some(
+                start_capture(config, endpoint, &d.name, &model, &self.metrics)
+                    .map_err(|e| format!("model {:?} version {version}: {e}", d.model))?,
+            ),
+        };
         Ok(Arc::new(Deployment {
             endpoint: endpoint.to_string(),
             name: d.name.clone(),
             header: hyper::header::HeaderValue::from_str(&d.name).ok(),
             model: Arc::new(model),
             stats,
+            capture,
         }))
+    }
+
+    /// Flushes and closes every running deployment's capture, waiting for
+    /// the files to be closed: the last step of a graceful shutdown.
+    pub async fn close_captures(&self) {
+        let st = self.state.lock().await;
+        let running: Vec<Arc<Deployment>> = st
+            .running
+            .values()
+            .map(|r| Arc::clone(&r.deployment))
+            .collect();
+        drop(st);
+        for d in running {
+            if let Some(c) = &d.capture {
+                c.close();
+            }
+        }
     }
 
     /// The deployment statistics of `endpoint/deployment`, if it runs.
@@ -590,4 +615,63 @@ fn folder_snapshot(repo: &std::path::Path) -> Result<Snapshot, DeployError> {
         policies,
         ..Snapshot::default()
     })
+}
+
+/// Starts a deployment's capture from its bundle's `[capture]`: files under
+/// the sink, named for this host, counted in the capture series.
+fn start_capture(
+    config: &ferroserve_runtime::manifest::CaptureConfig,
+    endpoint: &str,
+    deployment: &str,
+    model: &Model,
+    metrics: &Metrics,
+) -> Result<ferroserve_monitoring::capture::Capture, ferroserve_monitoring::capture::CaptureError> {
+    use ferroserve_monitoring::capture::{Capture, CaptureSettings, Keep, Labels, Target};
+    let keep = Keep {
+        inputs: config.keeps("inputs"),
+        outputs: config.keeps("outputs"),
+        request_id: config.keeps("request_id"),
+        endpoint: config.keeps("endpoint"),
+        deployment: config.keeps("deployment"),
+        model_version: config.keeps("model_version"),
+        timestamp: config.keeps("timestamp"),
+        latency: config.keeps("latency"),
+        status: config.keeps("status"),
+    };
+    let settings = CaptureSettings {
+        sample_rate: config.sample_rate,
+        always_errors: config.always_errors,
+        keep,
+        sink: config.sink.clone(),
+        max_file_bytes: config.max_file_bytes,
+        max_file_age: config.max_file_age,
+        queue: config.queue,
+        feature_names: Default::default(),
+    };
+    let target = Target {
+        labels: Labels {
+            endpoint: endpoint.to_string(),
+            deployment: deployment.to_string(),
+            model_version: model.version_label.clone(),
+        },
+        instance: instance_name(),
+    };
+    Capture::start(
+        settings,
+        target,
+        &model.signature,
+        model.manifest.batching.max_batch_size > 0,
+        metrics.capture.for_deployment(endpoint, deployment),
+    )
+}
+
+/// This server among replicas sharing a capture sink: `$FERROSERVE_INSTANCE`,
+/// else the host name (a pod's name in Kubernetes).
+fn instance_name() -> String {
+    std::env::var("FERROSERVE_INSTANCE")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "ferroserve".into())
 }

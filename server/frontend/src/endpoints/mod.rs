@@ -11,6 +11,7 @@
 //! - [`warmup`]: the samples a version answers before it goes live.
 //! - [`config`]: `serve --config deploy.toml`.
 
+mod capture;
 pub mod config;
 pub mod deployer;
 pub mod mirror;

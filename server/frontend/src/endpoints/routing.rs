@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use ferroserve_backend_core::Tensor;
 
+use super::capture;
 use super::mirror::MirrorPool;
 use super::stats::DeploymentStats;
 use ferroserve_runtime::infer::{InferError, InferOutput};
@@ -34,6 +35,8 @@ pub struct Deployment {
     pub header: Option<hyper::header::HeaderValue>,
     pub model: Arc<Model>,
     pub stats: Arc<DeploymentStats>,
+    /// The bundle's `[capture]`, running.
+    pub capture: Option<ferroserve_monitoring::capture::Capture>,
 }
 
 /// One endpoint as it runs now.
@@ -198,19 +201,33 @@ impl Routed {
     }
 
     /// Runs the request on its deployment (recording the deployment's own
-    /// statistics), and hands a copy to the mirror, if any, without waiting
-    /// for it. Tensors share their buffers, so the copy costs no bytes.
+    /// statistics and offering it to the deployment's capture), and hands a
+    /// copy to the mirror, if any, without waiting for it. Tensors share
+    /// their buffers, so the copies cost no bytes. `id` is the request's
+    /// own id, by which it is sampled.
     pub async fn infer(
         &self,
         named: Vec<(String, Tensor)>,
         timeout: Option<Duration>,
+        id: Option<&str>,
     ) -> Result<InferOutput, InferError> {
         if let Some(shadow) = &self.mirror {
             self.pool.send(shadow, named.clone(), timeout);
         }
+        let capture = self.deployment.capture.as_ref();
+        let pending = capture.and_then(|c| capture::begin(c, id, &named));
         let started = Instant::now();
         let result = self.deployment.model.infer(named, timeout).await;
         self.deployment.stats.record(&result, started.elapsed());
+        if let (Some(c), Some(p)) = (capture, pending) {
+            let names = self
+                .model()
+                .signature
+                .outputs
+                .iter()
+                .map(|o| o.name.clone());
+            capture::finish(c, p, &result, names);
+        }
         result
     }
 }

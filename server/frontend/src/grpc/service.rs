@@ -117,7 +117,9 @@ impl Grpc {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let output = routed.infer(request.inputs, timeout).await?;
+            let output = routed
+                .infer(request.inputs, timeout, request.id.as_deref())
+                .await?;
             let classified = model.classifier().selected(
                 request.outputs.as_deref(),
                 &selected,

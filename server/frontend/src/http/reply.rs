@@ -31,15 +31,7 @@ pub fn error(status: StatusCode, message: &str) -> Response<Body> {
 }
 
 pub fn status_of(e: &InferError) -> StatusCode {
-    match e {
-        InferError::NotFound(_) => StatusCode::NOT_FOUND,
-        InferError::InvalidInput(_) => StatusCode::BAD_REQUEST,
-        InferError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-        InferError::QueueFull(_) | InferError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        InferError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-        InferError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-        InferError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+    StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 pub fn infer_error(e: &InferError) -> Response<Body> {

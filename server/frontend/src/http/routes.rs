@@ -324,6 +324,7 @@ async fn run_infer(
                 })?,
         ),
     };
+    let header_id = request_id_header(&req);
     let body = read_body(state, req, header_len).await?;
     let request = codec::decode_request(body, header_len)?;
     let selected = codec::select_outputs(
@@ -331,7 +332,8 @@ async fn run_infer(
         &request.outputs,
         request.binary_data_output,
     )?;
-    let output = routed.infer(request.inputs, request.timeout).await?;
+    let id = request.id.as_deref().or(header_id.as_deref());
+    let output = routed.infer(request.inputs, request.timeout, id).await?;
     let classified =
         model
             .classifier()
@@ -395,6 +397,7 @@ async fn score(
     let m = &model.metrics;
     m.inflight.inc();
     let _guard = InflightGuard(&m.inflight);
+    let header_id = request_id_header(&req);
     let result = async {
         let body = read_body(state, req, None).await?;
         if let Err(e) = std::str::from_utf8(&body) {
@@ -405,7 +408,9 @@ async fn score(
         }
         let raw = ferroserve_backend_core::Tensor::from_strings(vec![1], &[&body[..]])
             .map_err(|e| InferError::InvalidInput(e.to_string()))?;
-        let output = routed.infer(vec![("raw".to_string(), raw)], None).await?;
+        let output = routed
+            .infer(vec![("raw".to_string(), raw)], None, header_id.as_deref())
+            .await?;
         let answer = output
             .outputs
             .first()
@@ -437,6 +442,16 @@ async fn score(
         response.headers_mut().insert(DEPLOYMENT_HEADER, v.clone());
     }
     response
+}
+
+/// The `x-request-id` header (as load balancers and Azure ML's clients
+/// set it): the id a request without a v2 `id` is captured under.
+fn request_id_header(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
 }
 
 /// Reads the whole body, within the size limit and the body read timeout.

@@ -38,8 +38,8 @@ enum Layout {
 #[derive(Debug, Clone)]
 struct TensorColumn {
     side: Side,
-    /// Position in the signature's inputs or outputs.
-    index: usize,
+    /// The tensor's name in the signature.
+    tensor: String,
     dtype: DataType,
     layout: Layout,
 }
@@ -111,7 +111,7 @@ impl Columns {
             if !kept {
                 continue;
             }
-            for (index, spec) in specs.iter().enumerate() {
+            for spec in specs.iter() {
                 let names = feature_names.get(&spec.name);
                 for (layout, name) in layouts(spec, batched, names) {
                     // A name already taken (an output named as an input, or
@@ -133,7 +133,7 @@ impl Columns {
                     push(&mut fields, name, ty, true);
                     tensors.push(TensorColumn {
                         side,
-                        index,
+                        tensor: spec.name.clone(),
                         dtype: spec.dtype,
                         layout,
                     });
@@ -160,7 +160,7 @@ impl Columns {
         sample
             .inputs
             .first()
-            .and_then(|t| t.shape.first())
+            .and_then(|(_, t)| t.shape.first())
             .map_or(1, |&d| usize::try_from(d).unwrap_or(0).max(1))
     }
 
@@ -232,10 +232,14 @@ impl Columns {
         for column in &self.tensors {
             let mut sink = sink(column);
             for (s, &n) in samples.iter().zip(&rows) {
-                let tensor = match column.side {
-                    Side::Input => s.inputs.get(column.index),
-                    Side::Output => s.outputs.get(column.index),
+                let named = match column.side {
+                    Side::Input => &s.inputs,
+                    Side::Output => &s.outputs,
                 };
+                let tensor = named
+                    .iter()
+                    .find(|(n, _)| n == &column.tensor)
+                    .map(|(_, t)| t);
                 match tensor.and_then(|t| Rows::of(t, column.dtype, n, self.batched)) {
                     Some(cut) => (0..n).for_each(|r| sink.push(Some(cut.row(r)))),
                     None => (0..n).for_each(|_| sink.push(None)),

@@ -13,11 +13,12 @@
 pub mod columns;
 pub mod files;
 pub mod sampling;
+mod series;
 mod writer;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -26,6 +27,7 @@ use ferroserve_backend_core::{Signature, Tensor};
 use prometheus::{IntCounter, IntGauge};
 
 pub use columns::Labels;
+pub use series::CaptureSeries;
 
 /// What a captured row keeps besides nothing; every field defaults to kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,10 +110,10 @@ pub struct Sample {
     /// The answer's status (HTTP's codes; gRPC answers are mapped to them).
     pub status: u16,
     pub error: Option<String>,
-    /// In the signature's order; tensors share the request's bytes.
-    pub inputs: Vec<Tensor>,
-    /// In the signature's order; empty for a failed request.
-    pub outputs: Vec<Tensor>,
+    /// By name, as the request sent them; tensors share the request's bytes.
+    pub inputs: Vec<(String, Tensor)>,
+    /// By name; empty for a failed request.
+    pub outputs: Vec<(String, Tensor)>,
 }
 
 impl Sample {
@@ -176,13 +178,16 @@ pub struct Target {
     pub instance: String,
 }
 
-/// A running capture: the request path's handle. Dropping it (or
-/// [`Capture::close`]) flushes every accepted sample and closes the file.
+/// A running capture: the request path's handle. [`Capture::close`]
+/// flushes every accepted sample, closes the file and waits for that;
+/// dropping the handle lets the writer do the same on its own.
 pub struct Capture {
     settings: CaptureSettings,
-    queue: Option<Sender<Sample>>,
+    /// `None` once closed. A read lock per offer: uncontended but for the
+    /// one write at close.
+    queue: RwLock<Option<Sender<Sample>>>,
     counters: CaptureCounters,
-    writer: Option<JoinHandle<()>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Capture {
@@ -210,9 +215,9 @@ impl Capture {
             .map_err(CaptureError::Thread)?;
         Ok(Capture {
             settings,
-            queue: Some(tx),
+            queue: RwLock::new(Some(tx)),
             counters,
-            writer: Some(handle),
+            writer: Mutex::new(Some(handle)),
         })
     }
 
@@ -220,16 +225,23 @@ impl Capture {
         &self.settings
     }
 
+    /// Whether a request with this id is sampled (its outcome aside).
+    pub fn sampled(&self, request_id: &str) -> bool {
+        sampling::sampled(self.settings.sample_rate, request_id)
+    }
+
     /// Whether a request with this id and outcome is to be captured: the
     /// caller builds a [`Sample`] only then.
     pub fn wants(&self, request_id: &str, failed: bool) -> bool {
-        (failed && self.settings.always_errors)
-            || sampling::sampled(self.settings.sample_rate, request_id)
+        (failed && self.settings.always_errors) || self.sampled(request_id)
     }
 
-    /// Queues a sample without waiting; a full queue drops it and counts it.
+    /// Queues a sample without waiting; a full queue drops it and counts it
+    /// (so does a capture already closed).
     pub fn offer(&self, sample: Sample) {
-        let Some(queue) = &self.queue else {
+        let queue = self.queue.read().unwrap_or_else(|e| e.into_inner());
+        let Some(queue) = queue.as_ref() else {
+            self.counters.dropped_queue_full.inc();
             return;
         };
         match queue.try_send(sample) {
@@ -241,22 +253,13 @@ impl Capture {
     }
 
     /// Flushes every accepted sample, closes the open file and waits for
-    /// the writer.
-    pub fn close(mut self) {
-        self.shut();
-    }
-
-    fn shut(&mut self) {
-        self.queue.take();
-        if let Some(h) = self.writer.take() {
+    /// the writer. Later offers are counted dropped.
+    pub fn close(&self) {
+        self.queue.write().unwrap_or_else(|e| e.into_inner()).take();
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = writer {
             let _ = h.join();
         }
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        self.shut();
     }
 }
 

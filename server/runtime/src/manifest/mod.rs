@@ -15,8 +15,11 @@ use std::time::Duration;
 use ferroserve_backend_core::{DataType, Signature, TensorSpec};
 use serde::Deserialize;
 
+pub mod capture;
 pub mod pbtxt;
 mod positions;
+
+pub use capture::CaptureConfig;
 
 pub const MANIFEST_FILE: &str = "bundle.toml";
 
@@ -74,6 +77,8 @@ struct RawManifest {
     python: Option<RawPython>,
     #[serde(default)]
     opencl: Option<RawOpencl>,
+    #[serde(default)]
+    capture: Option<capture::RawCapture>,
 }
 
 /// `[opencl]`, for `backend = "opencl"` bundles: which device by name (when
@@ -220,6 +225,8 @@ pub struct Manifest {
     pub input_formats: BTreeMap<String, String>,
     /// Which versions are served; `Latest(1)` for ferroserve bundles.
     pub version_policy: VersionPolicy,
+    /// `[capture]`: sampled requests copied to Parquet files.
+    pub capture: Option<CaptureConfig>,
 }
 
 impl Manifest {
@@ -458,6 +465,10 @@ impl Manifest {
             (_, None) => None,
         };
         let opencl = opencl_settings(&raw, &model_path, dir).map_err(|(k, p)| err(k, p))?;
+        let capture = match raw.capture.clone() {
+            None => None,
+            Some(c) => Some(capture::validate(c).map_err(|(k, p)| err(k, p))?),
+        };
         if raw.backend != BackendKind::Opencl && raw.instances.device != "cpu" {
             return Err(err(
                 "instances.device".into(),
@@ -485,6 +496,7 @@ impl Manifest {
             label_files,
             input_formats: BTreeMap::new(),
             version_policy: VersionPolicy::Latest(1),
+            capture,
         })
     }
 
@@ -761,6 +773,62 @@ mod tests {
             e.contains("\"missing.txt\"") && e.contains("not found"),
             "{e}"
         );
+    }
+
+    fn onnx_manifest(extra: &str) -> Result<Manifest, ManifestError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.onnx"), b"not read here").unwrap();
+        std::fs::write(
+            dir.path().join(MANIFEST_FILE),
+            format!("name = \"m\"\nbackend = \"onnx\"\nmodel = \"model.onnx\"\n{extra}"),
+        )
+        .unwrap();
+        Manifest::load(dir.path())
+    }
+
+    #[test]
+    fn capture_settings_are_validated_naming_the_key() {
+        let m = onnx_manifest("[capture]\nsink = \"cap\"\n").unwrap();
+        let c = m.capture.unwrap();
+        assert_eq!(c.sample_rate, 1.0);
+        assert!(c.always_errors);
+        assert_eq!(c.keep.len(), capture::KEEP_FIELDS.len());
+        assert_eq!(c.sink, Path::new("cap"));
+        assert_eq!(c.max_file_bytes, 64 << 20);
+        let m = onnx_manifest(
+            "[capture]\nsink = \"/c\"\nsample_rate = 0.25\nalways_errors = false\nkeep = [\"inputs\", \"request_id\"]\nmax_file_mb = 2\n",
+        )
+        .unwrap();
+        let c = m.capture.unwrap();
+        assert_eq!((c.sample_rate, c.always_errors), (0.25, false));
+        assert!(c.keeps("inputs") && !c.keeps("outputs"));
+        assert_eq!(c.max_file_bytes, 2 << 20);
+        assert!(onnx_manifest("").unwrap().capture.is_none());
+        for (extra, key, says) in [
+            (
+                "sample_rate = 1.5\nsink = \"c\"",
+                "capture.sample_rate",
+                "from 0 to 1, got 1.5",
+            ),
+            ("", "capture.sink", "got none"),
+            (
+                "sink = \"c\"\nkeep = [\"inputs\", \"body\"]",
+                "capture.keep[1]",
+                "got \"body\"",
+            ),
+            (
+                "sink = \"c\"\nkeep = [\"inputs\", \"inputs\"]",
+                "capture.keep[1]",
+                "twice",
+            ),
+            ("sink = \"c\"\nqueue = 0", "capture.queue", "at least 1"),
+        ] {
+            let e = onnx_manifest(&format!("[capture]\n{extra}\n")).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.problem.contains(says), "{e}");
+        }
+        let e = onnx_manifest("[capture]\nsink = \"c\"\nrate = 1\n").unwrap_err();
+        assert!(e.problem.contains("rate"), "{e}");
     }
 
     fn opencl_manifest(extra: &str) -> Result<Manifest, ManifestError> {

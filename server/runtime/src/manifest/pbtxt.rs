@@ -325,6 +325,7 @@ impl ModelConfig {
             label_files: self.label_files.clone(),
             input_formats: self.input_formats.clone(),
             version_policy: self.version_policy.clone(),
+            capture: None,
         })
     }
 }
