@@ -7,6 +7,9 @@
 //! backtrace, whatever `RUST_BACKTRACE` says. A panic is a bug and still
 //! prints its message (and a backtrace when asked).
 
+mod baseline;
+mod drift;
+mod drift_html;
 mod endpoints;
 mod import_triton;
 mod models;
@@ -112,6 +115,24 @@ enum Command {
     /// instances and concurrency on a loopback server within --budget,
     /// samples CPU and memory, and writes a JSON and an HTML report.
     Profile(ferroserve_loadtest::profiler::ProfileArgs),
+    /// Record a registered version's training baseline: per-feature
+    /// reference statistics of the training data (Parquet or CSV), for drift.
+    ///
+    /// Numeric features get quantile bins (Sturges' rule, and 1000 finer
+    /// ones), counts, mean, std, min, max, null rate and a reservoir sample;
+    /// features with at most 20 distinct values, and texts, their category
+    /// frequencies. Columns map to the model's inputs by the bundle's
+    /// feature_names, else by INPUT_j names, else in order for a model with
+    /// one tabular input. The model runs over the data for its outputs'
+    /// statistics (prediction drift). Stored in the registry with the file's
+    /// name, row count and SHA-256; a server serving the version watches
+    /// drift against it.
+    Baseline(baseline::BaselineArgs),
+    /// Drift of captured traffic against a version's training baseline,
+    /// offline: every Parquet file under --capture (of one or many
+    /// replicas) in one window, as a table, --json, or an --html page of
+    /// histograms. Exits 1 when a feature drifted.
+    Drift(drift::DriftArgs),
     /// OpenCL devices and kernels: list devices, build a program binary for
     /// a bundle, or write the kernel source for an FPGA offline compiler.
     Opencl {
@@ -163,6 +184,8 @@ fn run(command: Command) -> Result<bool> {
             ferroserve_loadtest::profiler::print(&report, &out);
             Ok(true)
         }
+        Command::Baseline(a) => baseline::run(a).map(|()| true),
+        Command::Drift(a) => drift::run(a),
         Command::Opencl { command } => {
             opencl::run(command)?;
             Ok(true)

@@ -211,7 +211,7 @@ fn registering_twice_makes_versions_one_and_two_with_rows_hashes_and_audit() {
     assert_eq!(detail["version"], 1);
 
     // The schema is versioned, the database in WAL mode.
-    assert_eq!(count(&c, "PRAGMA user_version"), 4);
+    assert_eq!(count(&c, "PRAGMA user_version"), 5);
     let mode: String = c
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();

@@ -422,6 +422,7 @@ fn a_version_1_registry_is_migrated_on_first_use() {
         c.execute_batch(
             "BEGIN;
              DROP TABLE aliases;
+             DROP TABLE baselines;
              DROP TABLE pending_registrations;
              DROP TABLE deployments;
              DROP TABLE endpoints;
@@ -440,7 +441,7 @@ fn a_version_1_registry_is_migrated_on_first_use() {
     let v: i64 = c
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .unwrap();
-    assert_eq!(v, 4);
+    assert_eq!(v, 5);
     let hw: i64 = c
         .query_row(
             "SELECT last_version FROM models WHERE name = 'mlp'",

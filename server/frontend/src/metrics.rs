@@ -33,6 +33,8 @@ pub struct Metrics {
     pub mirror_dropped: IntCounterVec,
     /// What the deployments' captures wrote and dropped.
     pub capture: ferroserve_monitoring::capture::CaptureSeries,
+    /// The deployments' drift scores, by feature and method.
+    pub drift: ferroserve_monitoring::drift::DriftSeries,
 }
 
 impl Metrics {
@@ -86,11 +88,13 @@ impl Metrics {
         .expect("valid metric");
         let models = ModelSeries::new();
         let capture = ferroserve_monitoring::capture::CaptureSeries::new();
+        let drift = ferroserve_monitoring::drift::DriftSeries::new();
         for c in models
             .collectors()
             .into_iter()
             .chain(events.collectors())
             .chain(capture.collectors())
+            .chain(drift.collectors())
             .chain([
                 Box::new(rejected.clone()) as Box<dyn prometheus::core::Collector>,
                 Box::new(connections_rejected.clone()),
@@ -114,6 +118,7 @@ impl Metrics {
             mirror_requests,
             mirror_dropped,
             capture,
+            drift,
         }
     }
 

@@ -114,7 +114,7 @@ fn settings(sink: &Path) -> CaptureSettings {
 /// A capture of [`signature`]'s model, and its counters.
 fn start(s: CaptureSettings) -> (Capture, CaptureCounters) {
     let counters = CaptureCounters::unregistered();
-    let capture = Capture::start(s, target(), &signature(), true, counters.clone()).unwrap();
+    let capture = Capture::start(s, target(), &signature(), true, counters.clone(), None).unwrap();
     (capture, counters)
 }
 
@@ -287,6 +287,7 @@ fn a_sink_that_cannot_be_written_refuses_to_start() {
         &signature(),
         true,
         CaptureCounters::unregistered(),
+        None,
     )
     .err()
     .expect("a sink under a file cannot be created");
@@ -303,6 +304,7 @@ fn a_sink_that_cannot_be_written_refuses_to_start() {
         &signature(),
         true,
         CaptureCounters::unregistered(),
+        None,
     )
     .err()
     .unwrap();
@@ -327,6 +329,7 @@ fn capture_child() {
         &signature(),
         true,
         CaptureCounters::unregistered(),
+        None,
     )
     .unwrap();
     for i in 0.. {

@@ -15,6 +15,7 @@
 //! - [`deployments`]: endpoints and deployments, the desired state that
 //!   `serve` reconciles its routing table with (Triton version policies
 //!   included).
+//! - [`baselines`]: the training baseline kept with a version.
 //! - [`repository`]: the newest version folder of each model, as served.
 //! - [`triton_import`]: `ferroserve import-triton`.
 //! - [`check`]: `ferroserve repo check`, the folders against the database.
@@ -26,6 +27,7 @@
 //! This crate knows the runtime's manifests (to check and describe bundles)
 //! and must not know the front ends: HTTP, gRPC and the CLI call it.
 
+pub mod baselines;
 pub mod check;
 pub mod clock;
 pub mod deployments;

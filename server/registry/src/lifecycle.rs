@@ -29,5 +29,11 @@ pub const ROLLOUT_COMPLETED: &str = "io.ferroserve.rollout.completed";
 /// A safe rollout broke its budget and traffic went back. Data:
 /// endpoint, to, step, reason, and the measured error rate and p99.
 pub const ROLLOUT_ROLLED_BACK: &str = "io.ferroserve.rollout.rolled_back";
-/// Input or prediction drift was detected.
+/// A feature of a deployment's inputs or outputs crossed its drift
+/// threshold in the last window (once per crossing). Data: endpoint,
+/// deployment, model, version, side, feature, method, score, threshold,
+/// window.
 pub const DRIFT_DETECTED: &str = "io.ferroserve.drift.detected";
+/// A drifted feature is back within its threshold. Data as for
+/// [`DRIFT_DETECTED`].
+pub const DRIFT_RESOLVED: &str = "io.ferroserve.drift.resolved";

@@ -18,7 +18,7 @@ use crate::RegistryError;
 
 pub const DB_FILE: &str = "registry.db";
 /// The schema this binary writes and reads.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Schema version 1.
 const SCHEMA_V1: &str = r#"
@@ -130,6 +130,26 @@ CREATE TABLE deployments (
     CHECK (version IS NULL OR alias IS NULL)
 );
 CREATE INDEX deployments_by_model ON deployments(model);
+"#;
+
+/// Schema version 5: training baselines, one per version (see the
+/// `baselines` module). The statistics are JSON the monitoring crate
+/// defines; the registry keeps them, the data file's name, row count and
+/// SHA-256, and who recorded them when. Deleting the version deletes its
+/// baseline.
+const SCHEMA_V5: &str = r#"
+CREATE TABLE baselines (
+    model       TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    data_name   TEXT NOT NULL,
+    data_rows   INTEGER NOT NULL CHECK (data_rows >= 0),
+    data_sha256 TEXT NOT NULL CHECK (length(data_sha256) = 64),
+    stats       TEXT NOT NULL CHECK (json_valid(stats)),
+    recorded_at TEXT NOT NULL,
+    recorded_by TEXT NOT NULL,
+    PRIMARY KEY (model, version),
+    FOREIGN KEY (model, version) REFERENCES versions(model, version) ON DELETE CASCADE
+);
 "#;
 
 /// An open registry database.
@@ -261,6 +281,10 @@ impl Store {
         if found < 4 {
             tx.execute_batch(SCHEMA_V4)
                 .map_err(err("cannot migrate to schema version 4"))?;
+        }
+        if found < 5 {
+            tx.execute_batch(SCHEMA_V5)
+                .map_err(err("cannot migrate to schema version 5"))?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(err("cannot record schema version"))?;

@@ -435,7 +435,8 @@ impl Deployer {
             d.model.clone(),
             d.settings.clone(),
         );
-        let model = tokio::task::spawn_blocking(move || {
+        let (repo, registry) = (self.repo.clone(), self.registry);
+        let (model, baseline) = tokio::task::spawn_blocking(move || {
             let mut manifest = Manifest::load(&dir).map_err(|e| e.to_string())?;
             if manifest.name != model_name {
                 return Err(format!(
@@ -446,7 +447,12 @@ impl Deployer {
                 ));
             }
             apply_settings(&mut manifest, &settings)?;
-            Model::from_manifest(
+            let baseline = if registry && manifest.drift.enabled {
+                super::drift::load_baseline(&repo, &model_name, version)?
+            } else {
+                None
+            };
+            let model = Model::from_manifest(
                 manifest,
                 &LoadSettings {
                     version: Some(version),
@@ -455,7 +461,8 @@ impl Deployer {
                     series: metrics.models.clone(),
                 },
             )
-            .map_err(|e| format!("model {model_name:?} version {version} does not load: {e}"))
+            .map_err(|e| format!("model {model_name:?} version {version} does not load: {e}"))?;
+            Ok::<_, String>((model, baseline))
         })
         .await
         .map_err(|e| format!("loader panicked: {e}"))??;
@@ -482,13 +489,40 @@ impl Deployer {
                 "deployment loaded and warmed up"
             );
         }
+        let drift = match baseline {
+            None => None,
+            Some(b) => Some(Arc::new(
+                super::drift::start(
+                    b,
+                    &model,
+                    endpoint,
+                    &d.name,
+                    self.metrics.drift.clone(),
+                    self.events.clone(),
+                )
+                .map_err(|e| format!("model {:?} version {version}: {e}", d.model))?,
+            )),
+        };
+        let drift_inline = drift
+            .as_ref()
+            .is_some_and(|m| m.settings().observed == ferroserve_monitoring::drift::Observed::All);
         let capture = match &model.manifest.capture {
             None => None,
             Some(config) => Some(
-                start_capture(config, endpoint, &d.name, &model, &self.metrics)
-                    .map_err(|e| format!("model {:?} version {version}: {e}", d.model))?,
+                start_capture(
+                    config,
+                    endpoint,
+                    &d.name,
+                    &model,
+                    &self.metrics,
+                    drift.clone().filter(|_| !drift_inline),
+                )
+                .map_err(|e| format!("model {:?} version {version}: {e}", d.model))?,
             ),
         };
+        if let Some(m) = &drift {
+            tracing::info!(endpoint, deployment = %d.name, model = %d.model, version, baseline = %m.baseline().data.name, features = m.baseline().features.len(), outputs = m.baseline().outputs.len(), "drift monitor on");
+        }
         Ok(Arc::new(Deployment {
             endpoint: endpoint.to_string(),
             name: d.name.clone(),
@@ -496,6 +530,8 @@ impl Deployer {
             model: Arc::new(model),
             stats,
             capture,
+            drift,
+            drift_inline,
         }))
     }
 
@@ -625,6 +661,7 @@ fn start_capture(
     deployment: &str,
     model: &Model,
     metrics: &Metrics,
+    drift: Option<Arc<ferroserve_monitoring::drift::Monitor>>,
 ) -> Result<ferroserve_monitoring::capture::Capture, ferroserve_monitoring::capture::CaptureError> {
     use ferroserve_monitoring::capture::{Capture, CaptureSettings, Keep, Labels, Target};
     let keep = Keep {
@@ -646,7 +683,12 @@ fn start_capture(
         max_file_bytes: config.max_file_bytes,
         max_file_age: config.max_file_age,
         queue: config.queue,
-        feature_names: Default::default(),
+        feature_names: model
+            .manifest
+            .feature_names
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     };
     let target = Target {
         labels: Labels {
@@ -662,6 +704,7 @@ fn start_capture(
         &model.signature,
         model.manifest.batching.max_batch_size > 0,
         metrics.capture.for_deployment(endpoint, deployment),
+        drift,
     )
 }
 

@@ -8,12 +8,14 @@
 //! - [`mirror`]: bounded, fire-and-forget copies to a shadow deployment.
 //! - [`rollout`]: step-by-step traffic shifts with automatic rollback.
 //! - [`stats`]: each deployment's own error count and latency histogram.
+//! - [`drift`]: the drift monitor of a version with a training baseline.
 //! - [`warmup`]: the samples a version answers before it goes live.
 //! - [`config`]: `serve --config deploy.toml`.
 
 mod capture;
 pub mod config;
 pub mod deployer;
+pub mod drift;
 pub mod mirror;
 pub mod rollout;
 pub mod routing;

@@ -37,6 +37,11 @@ pub struct Deployment {
     pub stats: Arc<DeploymentStats>,
     /// The bundle's `[capture]`, running.
     pub capture: Option<ferroserve_monitoring::capture::Capture>,
+    /// Drift against the version's training baseline, if it has one.
+    pub drift: Option<Arc<ferroserve_monitoring::drift::Monitor>>,
+    /// Whether the request path feeds `drift` (else the capture writer
+    /// does, with the captured requests).
+    pub drift_inline: bool,
 }
 
 /// One endpoint as it runs now.
@@ -216,9 +221,18 @@ impl Routed {
         }
         let capture = self.deployment.capture.as_ref();
         let pending = capture.and_then(|c| capture::begin(c, id, &named));
+        let drift = self
+            .deployment
+            .drift
+            .as_ref()
+            .filter(|_| self.deployment.drift_inline);
+        let watched_inputs = drift.map(|_| named.clone());
         let started = Instant::now();
         let result = self.deployment.model.infer(named, timeout).await;
         self.deployment.stats.record(&result, started.elapsed());
+        if let (Some(d), Some(inputs), Ok(out)) = (drift, &watched_inputs, &result) {
+            d.observe(inputs, &out.outputs, std::time::SystemTime::now());
+        }
         if let (Some(c), Some(p)) = (capture, pending) {
             let names = self
                 .model()

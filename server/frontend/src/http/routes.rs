@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::reply::{self, Body};
 use crate::endpoints::routing::Served;
-use crate::endpoints::{Routed, DEPLOYMENT_HEADER};
+use crate::endpoints::{drift, Routed, DEPLOYMENT_HEADER};
 use crate::extensions::EXTENSIONS;
 use crate::extensions::{config, index, statistics};
 use crate::state::AppState;
@@ -94,9 +94,12 @@ pub async fn handle(
                     )
                 }),
                 ("stats", &Method::GET) => stats_reply(&state, Some(name), version),
+                ("drift", &Method::GET) => with_model(&state, name, version, |s| {
+                    drift_reply(&s, name, version)
+                }),
                 ("infer", &Method::POST) => infer(&state, name, version, req).await,
                 ("score", &Method::POST) => score(&state, name, version, req).await,
-                ("" | "ready" | "infer" | "score" | "config" | "stats", _) => {
+                ("" | "ready" | "infer" | "score" | "config" | "stats" | "drift", _) => {
                     method_not_allowed(&method, &path)
                 }
                 _ => not_found(&path),
@@ -148,6 +151,34 @@ fn stats_reply(state: &AppState, name: Option<&str>, version: Option<&str>) -> R
         Ok(r) => reply::json(StatusCode::OK, &statistics::to_json(&r)),
         Err(e) => reply::infer_error(&e),
     }
+}
+
+/// `GET /v2/models/{m}[/versions/{v}]/drift`: each deployment's drift
+/// report (the one with the most traffic first, also at the top level).
+fn drift_reply(s: &Served, name: &str, version: Option<&str>) -> Response<Body> {
+    let mut reports: Vec<serde_json::Value> = s
+        .endpoint
+        .deployments
+        .iter()
+        .filter(|d| version.is_none_or(|v| d.model.version_label == v))
+        .filter_map(|d| {
+            let m = d.drift.as_ref()?;
+            Some(drift::to_json(m, &m.snapshot()))
+        })
+        .collect();
+    if reports.is_empty() {
+        let v = version.map_or(String::new(), |v| format!(" version {v}"));
+        return reply::error(
+            StatusCode::NOT_FOUND,
+            &format!("model {name:?}{v} has no drift monitor: no training baseline is recorded for its served version (record one with `ferroserve baseline --data FILE --repo R --model {name}:VERSION`)"),
+        );
+    }
+    let mut top = reports[0].clone();
+    top["model"] = json!(name);
+    if reports.len() > 1 {
+        top["deployments"] = serde_json::Value::Array(std::mem::take(&mut reports));
+    }
+    reply::json(StatusCode::OK, &top)
 }
 
 /// `POST /v2/repository/index`, body empty or `{"ready": bool}`.

@@ -193,13 +193,16 @@ pub struct Capture {
 impl Capture {
     /// Checks that the sink can be written (a server with a capture it
     /// cannot write refuses to start, naming the folder) and starts the
-    /// writer.
+    /// writer. `drift`, if given, sees every successful sample on the
+    /// writer's thread (a deployment whose drift watches captured
+    /// requests).
     pub fn start(
         settings: CaptureSettings,
         target: Target,
         signature: &Signature,
         batched: bool,
         counters: CaptureCounters,
+        drift: Option<Arc<crate::drift::Monitor>>,
     ) -> Result<Capture, CaptureError> {
         if !(0.0..=1.0).contains(&settings.sample_rate) {
             return Err(CaptureError::Rate(settings.sample_rate));
@@ -208,7 +211,7 @@ impl Capture {
         let columns =
             columns::Columns::new(signature, batched, settings.keep, &settings.feature_names);
         let (tx, rx) = crossbeam_channel::bounded(settings.queue.max(1));
-        let writer = writer::Writer::new(&settings, target, columns, counters.clone());
+        let writer = writer::Writer::new(&settings, target, columns, counters.clone(), drift);
         let handle = std::thread::Builder::new()
             .name("capture-writer".into())
             .spawn(move || writer.run(rx))

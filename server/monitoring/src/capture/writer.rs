@@ -3,6 +3,7 @@
 //! old enough, or its hour is over.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -10,6 +11,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use super::columns::Columns;
 use super::files::{self, OpenFile};
 use super::{CaptureCounters, CaptureSettings, Sample, Target};
+use crate::drift::Monitor;
 
 /// Rows gathered before they are written as one record batch.
 const BATCH_ROWS: usize = 4096;
@@ -30,6 +32,7 @@ pub(super) struct Writer {
     /// Samples in the open file: counted written when it closes, dropped
     /// if it cannot be.
     open_samples: u64,
+    drift: Option<Arc<Monitor>>,
 }
 
 impl Writer {
@@ -38,6 +41,7 @@ impl Writer {
         target: Target,
         columns: Columns,
         counters: CaptureCounters,
+        drift: Option<Arc<Monitor>>,
     ) -> Writer {
         Writer {
             sink: settings.sink.clone(),
@@ -50,6 +54,7 @@ impl Writer {
             pending_rows: 0,
             open: None,
             open_samples: 0,
+            drift,
         }
     }
 
@@ -90,6 +95,12 @@ impl Writer {
     }
 
     fn add(&mut self, sample: Sample) {
+        if let Some(drift) = &self.drift {
+            if sample.status == 200 {
+                let outputs: Vec<_> = sample.outputs.iter().map(|(_, t)| t.clone()).collect();
+                drift.observe(&sample.inputs, &outputs, sample.timestamp);
+            }
+        }
         self.pending_rows += self.columns.rows_of(&sample);
         self.pending.push(sample);
     }

@@ -16,10 +16,12 @@ use ferroserve_backend_core::{DataType, Signature, TensorSpec};
 use serde::Deserialize;
 
 pub mod capture;
+pub mod drift;
 pub mod pbtxt;
 mod positions;
 
 pub use capture::CaptureConfig;
+pub use drift::{DriftConfig, DriftObserve};
 
 pub const MANIFEST_FILE: &str = "bundle.toml";
 
@@ -79,6 +81,8 @@ struct RawManifest {
     opencl: Option<RawOpencl>,
     #[serde(default)]
     capture: Option<capture::RawCapture>,
+    #[serde(default)]
+    drift: Option<drift::RawDrift>,
 }
 
 /// `[opencl]`, for `backend = "opencl"` bundles: which device by name (when
@@ -124,6 +128,10 @@ struct RawTensor {
     /// line (Triton's `label_filename`), used by the classification extension.
     #[serde(default)]
     labels: Option<String>,
+    /// The names of the columns of a `[-1, k]` tensor, one per column: the
+    /// capture's column names and the drift statistics' feature names.
+    #[serde(default)]
+    feature_names: Option<Vec<String>>,
 }
 
 /// Dynamic batching settings, named as Triton users know them.
@@ -227,6 +235,62 @@ pub struct Manifest {
     pub version_policy: VersionPolicy,
     /// `[capture]`: sampled requests copied to Parquet files.
     pub capture: Option<CaptureConfig>,
+    /// `[drift]`, or its defaults.
+    pub drift: DriftConfig,
+    /// Tensor name -> the names of its columns (`feature_names`).
+    pub feature_names: BTreeMap<String, Vec<String>>,
+}
+
+/// Each tensor's `feature_names`, checked against its shape: `[-1, k]`
+/// (or `[-1]` for one name), as many names as columns, none twice.
+fn feature_names(raw: &RawManifest) -> Result<BTreeMap<String, Vec<String>>, (String, String)> {
+    let mut out = BTreeMap::new();
+    for (section, list) in [("inputs", &raw.inputs), ("outputs", &raw.outputs)] {
+        for (i, t) in list.iter().enumerate() {
+            let Some(names) = &t.feature_names else {
+                continue;
+            };
+            let key = format!("{section}[{i}].feature_names");
+            let columns = match t.shape[..] {
+                [-1] => Some(1),
+                [-1, k] => (k >= 0).then_some(k as usize),
+                _ => {
+                    return Err((
+                        key,
+                        format!(
+                            "names the columns of a [-1, k] tensor; {:?} has shape {:?}",
+                            t.name, t.shape
+                        ),
+                    ))
+                }
+            };
+            if let Some(k) = columns {
+                if names.len() != k {
+                    return Err((
+                        key,
+                        format!(
+                            "expected {k} names (one per column of shape {:?}), got {}",
+                            t.shape,
+                            names.len()
+                        ),
+                    ));
+                }
+            }
+            for (j, n) in names.iter().enumerate() {
+                if n.trim().is_empty() {
+                    return Err((
+                        format!("{key}[{j}]"),
+                        "expected a name, got an empty one".into(),
+                    ));
+                }
+                if names[..j].contains(n) {
+                    return Err((format!("{key}[{j}]"), format!("{n:?} is listed twice")));
+                }
+            }
+            out.insert(t.name.clone(), names.clone());
+        }
+    }
+    Ok(out)
 }
 
 impl Manifest {
@@ -469,6 +533,17 @@ impl Manifest {
             None => None,
             Some(c) => Some(capture::validate(c).map_err(|(k, p)| err(k, p))?),
         };
+        let drift = match raw.drift.clone() {
+            None => DriftConfig::default(),
+            Some(d) => drift::validate(d).map_err(|(k, p)| err(k, p))?,
+        };
+        if drift.observe == Some(DriftObserve::Captured) && capture.is_none() {
+            return Err(err(
+                "drift.observe".into(),
+                "\"captured\" needs a [capture] section (the captured requests are what the window sees); use \"all\" or add [capture]".into(),
+            ));
+        }
+        let feature_names = feature_names(&raw).map_err(|(k, p)| err(k, p))?;
         if raw.backend != BackendKind::Opencl && raw.instances.device != "cpu" {
             return Err(err(
                 "instances.device".into(),
@@ -497,6 +572,8 @@ impl Manifest {
             input_formats: BTreeMap::new(),
             version_policy: VersionPolicy::Latest(1),
             capture,
+            drift,
+            feature_names,
         })
     }
 

@@ -326,6 +326,8 @@ impl ModelConfig {
             input_formats: self.input_formats.clone(),
             version_policy: self.version_policy.clone(),
             capture: None,
+            drift: super::DriftConfig::default(),
+            feature_names: BTreeMap::new(),
         })
     }
 }
