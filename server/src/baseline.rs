@@ -15,7 +15,7 @@ use ferroserve_backend_core::{DataType, Tensor};
 use ferroserve_monitoring::drift::baseline::{
     Baseline, DataFile, Feature, FeatureStats, Source, Values,
 };
-use ferroserve_monitoring::drift::data::{read_table, sha256_of, Column, Table};
+use ferroserve_monitoring::drift::data::{read_table, Column, Table};
 use ferroserve_monitoring::drift::mapping::{
     input_features, map_inputs, output_feature_names, row_width, Mapped, TensorColumns,
 };
@@ -104,7 +104,8 @@ pub fn run(a: BaselineArgs) -> Result<()> {
                 |n| n.to_string_lossy().into_owned(),
             ),
             rows: table.rows as u64,
-            sha256: sha256_of(&a.data)
+            sha256: ferroserve_registry::hashing::sha256_file(&a.data)
+                .map(|(hex, _)| hex)
                 .with_context(|| format!("cannot read {}", a.data.display()))?,
         },
         created_at: ferroserve_registry::now_rfc3339(),

@@ -3,7 +3,6 @@
 //! of numbers (a captured non-tabular tensor's rows).
 
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,7 +10,6 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::Float64Type;
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType as ArrowType};
-use sha2::{Digest, Sha256};
 
 use super::baseline::Values;
 
@@ -262,23 +260,4 @@ fn is_number(ty: &ArrowType) -> bool {
 fn numbers(array: &ArrayRef) -> Result<Vec<Option<f64>>, String> {
     let f = arrow_cast::cast(array, &ArrowType::Float64).map_err(|e| e.to_string())?;
     Ok(f.as_primitive::<Float64Type>().iter().collect())
-}
-
-/// The SHA-256 of a file, hex.
-pub fn sha256_of(path: &Path) -> std::io::Result<String> {
-    let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
 }

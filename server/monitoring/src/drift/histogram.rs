@@ -32,7 +32,6 @@ pub struct NumericCounts {
     pub nan: u64,
     pub min: f64,
     pub max: f64,
-    pub sum: f64,
 }
 
 impl NumericCounts {
@@ -45,7 +44,6 @@ impl NumericCounts {
             nan: 0,
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
-            sum: 0.0,
         }
     }
 
@@ -64,7 +62,6 @@ impl NumericCounts {
         self.n += 1;
         self.min = self.min.min(x);
         self.max = self.max.max(x);
-        self.sum += x;
     }
 
     /// Values outside the reference's range.
@@ -80,7 +77,6 @@ impl NumericCounts {
         self.nan += other.nan;
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
-        self.sum += other.sum;
     }
 }
 

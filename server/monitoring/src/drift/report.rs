@@ -162,19 +162,11 @@ fn feature_report(f: &Feature, counts: &Counts, rules: &Rules) -> FeatureReport 
                 .chain(std::iter::once(0))
                 .collect();
             let (pr, pc) = (stats::shares(&reference), stats::shares(&c.counts));
-            let mut scores = Vec::new();
-            if c.n() > 0 {
-                scores.push(score(Method::Psi, stats::psi(&pr, &pc), None, None));
-                scores.push(score(
-                    Method::Jensenshannon,
-                    stats::jensen_shannon(&pr, &pc),
-                    None,
-                    None,
-                ));
-                if let Some((chi, p)) = stats::chi_square(&c.counts, &pr) {
-                    scores.push(score(Method::Chisquare, p, Some(chi), None));
-                }
-            }
+            let scores = if c.n() > 0 {
+                binned_scores(&c.counts, &pr, &pc, &score)
+            } else {
+                Vec::new()
+            };
             let rows = c.n() + c.nulls;
             let quality = Quality {
                 rows,
@@ -270,17 +262,31 @@ fn numeric_scores(
             Some(k.error_bound),
         ));
     }
-    scores.push(score(Method::Psi, stats::psi(&pr, &pc), None, None));
-    scores.push(score(
-        Method::Jensenshannon,
-        stats::jensen_shannon(&pr, &pc),
-        None,
-        None,
-    ));
-    if let Some((chi, p)) = stats::chi_square(&coarse, &pr) {
+    scores.extend(binned_scores(&coarse, &pr, &pc, score));
+    (scores, histogram)
+}
+
+/// PSI, Jensen–Shannon and chi-square of a window's `counts` (shares `pc`)
+/// against the reference shares `pr` on the same bins.
+fn binned_scores(
+    counts: &[u64],
+    pr: &[f64],
+    pc: &[f64],
+    score: &dyn Fn(Method, f64, Option<f64>, Option<f64>) -> Score,
+) -> Vec<Score> {
+    let mut scores = vec![
+        score(Method::Psi, stats::psi(pr, pc), None, None),
+        score(
+            Method::Jensenshannon,
+            stats::jensen_shannon(pr, pc),
+            None,
+            None,
+        ),
+    ];
+    if let Some((chi, p)) = stats::chi_square(counts, pr) {
         scores.push(score(Method::Chisquare, p, Some(chi), None));
     }
-    (scores, histogram)
+    scores
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
