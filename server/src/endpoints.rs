@@ -52,6 +52,24 @@ pub struct DeployArgs {
     pub intra_op_threads: Option<usize>,
     #[arg(long, help_heading = "Settings over the bundle's manifest")]
     pub device: Option<String>,
+    /// A key of the bundle's [capture] for this deployment, e.g.
+    /// sample_rate=0.1, sink=/data/capture, keep=inputs,request_id, or
+    /// enabled=false to capture nothing (repeat for several keys).
+    #[arg(
+        long,
+        value_name = "KEY=VALUE",
+        help_heading = "Settings over the bundle's manifest"
+    )]
+    pub capture: Vec<String>,
+    /// A key of the bundle's [drift] for this deployment, e.g.
+    /// window_rows=5000, observe=all, thresholds.psi=0.3,
+    /// features.age.method=ks, enabled=false (repeat for several keys).
+    #[arg(
+        long,
+        value_name = "KEY=VALUE",
+        help_heading = "Settings over the bundle's manifest"
+    )]
+    pub drift: Vec<String>,
     /// Who changes it (default: $USER).
     #[arg(long)]
     pub user: Option<String>,
@@ -105,6 +123,48 @@ pub enum EndpointsCommand {
     },
 }
 
+/// `KEY=VALUE` pairs as one TOML table read into a section's override:
+/// a value that is not TOML (`sink=/data/cap`) is taken as a string, and
+/// `keep` may be a comma-separated list.
+fn section_override<T: serde::de::DeserializeOwned>(
+    pairs: &[String],
+    section: &str,
+) -> Result<Option<T>> {
+    if pairs.is_empty() {
+        return Ok(None);
+    }
+    let mut doc = String::new();
+    for pair in pairs {
+        let Some((key, value)) = pair.split_once('=') else {
+            bail!("--{section} {pair:?}: expected KEY=VALUE");
+        };
+        let (key, value) = (key.trim(), value.trim());
+        if key.is_empty()
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+        {
+            bail!("--{section} {pair:?}: expected a key of [{section}] before '=', got {key:?}");
+        }
+        let line = format!("{key} = {value}\n");
+        let line = if key == "keep" && !value.starts_with('[') {
+            let list: Vec<toml::Value> = value
+                .split(',')
+                .map(|v| toml::Value::String(v.trim().to_string()))
+                .collect();
+            format!("{key} = {}\n", toml::Value::Array(list))
+        } else if line.parse::<toml::Table>().is_ok() {
+            line
+        } else {
+            format!("{key} = {}\n", toml::Value::String(value.to_string()))
+        };
+        doc.push_str(&line);
+    }
+    toml::from_str(&doc)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("--{section}: {}", e.message().trim()))
+}
+
 fn parse_weight(s: &str) -> Result<(String, u32), String> {
     let (k, v) = s
         .split_once('=')
@@ -135,6 +195,8 @@ pub fn deploy(a: DeployArgs) -> Result<()> {
             instances: a.instances,
             intra_op_threads: a.intra_op_threads,
             device: a.device,
+            capture: section_override(&a.capture, "capture")?,
+            drift: section_override(&a.drift, "drift")?,
         },
     };
     let e = deployments::put_deployment(

@@ -13,6 +13,8 @@
 //! max_batch_size = 16    # optional settings over the bundle's manifest:
 //! instances = 2          # max_queue_delay_us, max_queue_size, timeout_ms,
 //!                        # intra_op_threads, device
+//! capture = { sample_rate = 0.1 }          # keys of [capture] and [drift]
+//! drift = { window_rows = 5000, thresholds = { psi = 0.3 } }
 //! ```
 //!
 //! Each endpoint of the file replaces the registry's endpoint of that name
@@ -24,6 +26,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use ferroserve_registry::deployments::{DeploymentSpec, EndpointSpec, Mirror, Settings, Target};
+use ferroserve_runtime::manifest::{CaptureOverride, DriftOverride};
 
 #[derive(Debug, thiserror::Error)]
 #[error("deployment configuration {file}: {problem}")]
@@ -64,6 +67,8 @@ struct RawDeployment {
     instances: Option<usize>,
     intra_op_threads: Option<usize>,
     device: Option<String>,
+    capture: Option<CaptureOverride>,
+    drift: Option<DriftOverride>,
 }
 
 /// Reads and validates the file.
@@ -124,6 +129,8 @@ pub fn parse(text: &str) -> Result<Vec<EndpointSpec>, String> {
                     instances: d.instances,
                     intra_op_threads: d.intra_op_threads,
                     device: d.device,
+                    capture: d.capture,
+                    drift: d.drift,
                 },
             });
         }

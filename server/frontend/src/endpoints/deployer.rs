@@ -42,7 +42,7 @@ pub enum DeployError {
 type Key = (String, String);
 
 /// What a deployment runs: changing any of it means loading anew.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 struct LoadKey {
     model: String,
     version: u64,
@@ -623,6 +623,15 @@ fn apply_settings(m: &mut Manifest, s: &Settings) -> Result<(), String> {
     if let Some(v) = &s.device {
         m.instances.device = v.clone();
     }
+    let setting = |(key, problem): (String, String)| format!("setting {key}: {problem}");
+    if let Some(o) = &s.capture {
+        m.capture = o.apply(m.capture.as_ref()).map_err(setting)?;
+    }
+    if let Some(o) = &s.drift {
+        m.drift = o.apply(&m.drift).map_err(setting)?;
+    }
+    ferroserve_runtime::manifest::drift::check_source(&m.drift, m.capture.is_some())
+        .map_err(setting)?;
     Ok(())
 }
 

@@ -20,6 +20,7 @@ use super::{check_model_name, RegistryError};
 use crate::names::check_alias_name;
 use crate::open_existing;
 use crate::store::{self, db_err};
+use ferroserve_runtime::manifest::{CaptureConfig, CaptureOverride, DriftConfig, DriftOverride};
 
 /// Which version of its model a deployment serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,7 +45,7 @@ impl std::fmt::Display for Target {
 }
 
 /// A deployment's own backend settings, over its bundle's manifest.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -63,6 +64,12 @@ pub struct Settings {
     /// `cpu` (the only device of the ONNX Runtime backend in this build).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// Changes to the bundle's `[capture]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<CaptureOverride>,
+    /// Changes to the bundle's `[drift]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftOverride>,
 }
 
 impl Settings {
@@ -71,7 +78,7 @@ impl Settings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeploymentSpec {
     pub name: String,
     pub model: String,
@@ -88,7 +95,7 @@ pub struct Mirror {
     pub percent: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EndpointSpec {
     pub name: String,
     pub deployments: Vec<DeploymentSpec>,
@@ -192,6 +199,28 @@ impl Settings {
         }
         if self.timeout_ms == Some(0) {
             return Err(invalid("timeout_ms", "expected at least 1, got 0".into()));
+        }
+        // The values on their own (a fraction, a known method); whether the
+        // bundle's sections make the result whole (a sink, a capture for
+        // `observe = "captured"`) is checked when the deployment loads.
+        if let Some(c) = &self.capture {
+            let stand_in = CaptureConfig {
+                sample_rate: 1.0,
+                always_errors: true,
+                keep: Vec::new(),
+                sink: "capture".into(),
+                max_file_bytes: 1 << 20,
+                max_file_age: std::time::Duration::from_secs(1),
+                queue: 1,
+            };
+            if let Err((key, problem)) = c.apply(Some(&stand_in)) {
+                return Err(invalid(&key, problem));
+            }
+        }
+        if let Some(d) = &self.drift {
+            if let Err((key, problem)) = d.apply(&DriftConfig::default()) {
+                return Err(invalid(&key, problem));
+            }
         }
         if let Some(d) = self.device.as_deref().filter(|d| *d != "cpu") {
             return Err(invalid(
@@ -571,7 +600,7 @@ pub fn apply_config(
 
 /// What the registry says now: the endpoints, each model's newest version
 /// and every alias, read in one transaction so they agree.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     pub endpoints: Vec<EndpointSpec>,
     pub newest: BTreeMap<String, u64>,

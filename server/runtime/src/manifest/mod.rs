@@ -20,8 +20,8 @@ pub mod drift;
 pub mod pbtxt;
 mod positions;
 
-pub use capture::CaptureConfig;
-pub use drift::{DriftConfig, DriftObserve};
+pub use capture::{CaptureConfig, CaptureOverride};
+pub use drift::{DriftConfig, DriftObserve, DriftOverride};
 
 pub const MANIFEST_FILE: &str = "bundle.toml";
 
@@ -537,12 +537,7 @@ impl Manifest {
             None => DriftConfig::default(),
             Some(d) => drift::validate(d).map_err(|(k, p)| err(k, p))?,
         };
-        if drift.observe == Some(DriftObserve::Captured) && capture.is_none() {
-            return Err(err(
-                "drift.observe".into(),
-                "\"captured\" needs a [capture] section (the captured requests are what the window sees); use \"all\" or add [capture]".into(),
-            ));
-        }
+        drift::check_source(&drift, capture.is_some()).map_err(|(k, p)| err(k, p))?;
         let feature_names = feature_names(&raw).map_err(|(k, p)| err(k, p))?;
         if raw.backend != BackendKind::Opencl && raw.instances.device != "cpu" {
             return Err(err(
