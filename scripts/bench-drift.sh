@@ -6,13 +6,15 @@
 # training baseline recorded with `ferroserve baseline`, windows of 1000
 # rows of the captured requests). The two are measured alternately,
 # ROUNDS times (default 2), BENCH_SECS each (default 10): req/s, p99 and
-# the ratios. Then drift's own cost per request (benches/drift.rs).
+# the ratios. SAMPLE_RATE (default 1.0) sets the capture's sample_rate.
+# Then drift's own cost per request (benches/drift.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/listening.sh
 
 rounds="${ROUNDS:-2}"
 secs="${BENCH_SECS:-10}"
+rate="${SAMPLE_RATE:-1.0}"
 scripts/setup-env.sh >/dev/null
 for model in conv mlp; do
   if ! ls examples/models/"$model"/*/bundle.toml >/dev/null 2>&1; then
@@ -40,8 +42,8 @@ for repo in off on; do
   done
 done
 for model in mlp conv; do
-  printf '\n[capture]\nsink = "%s"\nsample_rate = 1.0\n\n[drift]\nwindow_rows = 1000\n' \
-    "$work/capture" >>"$work/on/$model/1/bundle.toml"
+  printf '\n[capture]\nsink = "%s"\nsample_rate = %s\n\n[drift]\nwindow_rows = 1000\n' \
+    "$work/capture" "$rate" >>"$work/on/$model/1/bundle.toml"
 done
 .venv/bin/python - "$work" <<'PY'
 import sys
@@ -67,7 +69,7 @@ grep -q "drift monitor on" "$work/on.log" || { echo "error: drift is not on" >&2
 load() { # addr model concurrency
   "$bin" loadtest --url "http://$1" --model "$2" --binary --concurrency "$3" --duration "${secs}s" --warmup 1s --json 2>/dev/null
 }
-echo "closed loop, HTTP binary, 1-row requests, ${secs} s each; capture on = 100% sampled + drift on captured requests"
+echo "closed loop, HTTP binary, 1-row requests, ${secs} s each; capture on = sample_rate $rate + drift on captured requests"
 printf '%-5s %-6s %12s %10s %12s %10s %8s %8s\n' model round "off req/s" "off p99" "on req/s" "on p99" "thr" "p99"
 for spec in "mlp 16" "conv 32"; do
   set -- $spec

@@ -14,7 +14,8 @@ use arrow_schema::SchemaRef;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::errors::ParquetError;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
 use super::{CaptureError, Labels};
 
@@ -117,10 +118,19 @@ impl OpenFile {
         let instance = component(instance);
         let tmp = dir.join(format!(".{instance}-{nanos}.parquet.tmp"));
         let file = File::create(&tmp).map_err(io(&tmp))?;
-        let props = WriterProperties::builder()
+        // Tensor values are mostly distinct: a dictionary only costs a hash
+        // per value (and then falls back), so only the label columns, each
+        // one value per file, keep one. Statistics per row group, not per
+        // page, are what readers filter by.
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_size(ROW_GROUP_ROWS)
-            .build();
+            .set_dictionary_enabled(false)
+            .set_statistics_enabled(EnabledStatistics::Chunk);
+        for label in ["endpoint", "deployment", "model_version", "error"] {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(label), true);
+        }
+        let props = props.build();
         let writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|source| {
             FileError::Parquet {
                 path: tmp.clone(),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, TryRecvError};
 
 use super::columns::Columns;
 use super::files::{self, OpenFile};
@@ -18,6 +18,9 @@ const BATCH_ROWS: usize = 4096;
 /// Pending samples are written at least this often, and an old file is
 /// noticed within it.
 const TICK: Duration = Duration::from_millis(500);
+/// How long the thread sleeps between looks at the queue: at 100,000
+/// samples a second, 2,000 wait for it, well inside a default queue.
+const POLL: Duration = Duration::from_millis(20);
 
 pub(super) struct Writer {
     sink: PathBuf,
@@ -60,24 +63,37 @@ impl Writer {
 
     /// Until the queue closes: then everything accepted is written and the
     /// file closed.
+    ///
+    /// The thread sleeps and then takes what has queued up, instead of
+    /// blocking on the queue: a receiver blocked on an empty queue has to be
+    /// woken by every send (a futex call on the request's thread and a
+    /// context switch per sample, which on a small machine costs the
+    /// serving threads more than writing the sample does).
     pub(super) fn run(mut self, queue: Receiver<Sample>) {
         let mut last_write = Instant::now();
         loop {
-            match queue.recv_timeout(TICK) {
-                Ok(sample) => {
-                    self.add(sample);
-                    while self.pending_rows < BATCH_ROWS {
-                        match queue.try_recv() {
-                            Ok(s) => self.add(s),
-                            Err(_) => break,
+            let mut closed = false;
+            loop {
+                match queue.try_recv() {
+                    Ok(sample) => {
+                        self.add(sample);
+                        if self.pending_rows >= BATCH_ROWS {
+                            self.write_pending();
+                            last_write = Instant::now();
                         }
                     }
-                    self.counters.queue_depth.set(queue.len() as i64);
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
             }
-            if self.pending_rows >= BATCH_ROWS || last_write.elapsed() >= TICK {
+            self.counters.queue_depth.set(queue.len() as i64);
+            if closed {
+                break;
+            }
+            if last_write.elapsed() >= TICK {
                 self.write_pending();
                 last_write = Instant::now();
             }
@@ -88,6 +104,7 @@ impl Writer {
             {
                 self.close_file();
             }
+            std::thread::sleep(POLL);
         }
         self.write_pending();
         self.close_file();

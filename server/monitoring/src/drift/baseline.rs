@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::histogram::bin_of;
+use super::edges::bin_of;
 
 /// Numeric features with at most this many distinct values are treated as
 /// categories, as Evidently does.

@@ -7,22 +7,12 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::baseline::{CategoricalStats, CategoryValue, NumericStats};
-
-/// The slot of `x` among `edges`: 0 below the first edge, `k` for bin
-/// `[edges[k-1], edges[k])` (the last bin closed, as numpy's), and
-/// `edges.len()` above the last edge.
-pub fn bin_of(edges: &[f64], x: f64) -> usize {
-    let k = edges.partition_point(|&e| e <= x);
-    if k == edges.len() && x == edges[k - 1] {
-        return k - 1;
-    }
-    k
-}
+use super::edges::{self, bin_of, EdgeIndex};
 
 /// Counts of a numeric feature's values in one window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NumericCounts {
-    /// Slots as [`bin_of`] numbers them on the coarse edges.
+    /// Slots as [`bin_of`](super::edges::bin_of) numbers them on the coarse edges.
     pub coarse: Vec<u64>,
     /// The same on the fine edges.
     pub fine: Vec<u64>,
@@ -47,8 +37,10 @@ impl NumericCounts {
         }
     }
 
+    /// Adds one value; `fine` is the index of `reference.fine_edges`
+    /// where it has one.
     #[inline]
-    pub fn add(&mut self, reference: &NumericStats, x: Option<f64>) {
+    pub fn add(&mut self, reference: &NumericStats, fine: Option<&EdgeIndex>, x: Option<f64>) {
         let Some(x) = x else {
             self.nulls += 1;
             return;
@@ -58,7 +50,7 @@ impl NumericCounts {
             return;
         }
         self.coarse[bin_of(&reference.edges, x)] += 1;
-        self.fine[bin_of(&reference.fine_edges, x)] += 1;
+        self.fine[edges::slot(fine, &reference.fine_edges, x)] += 1;
         self.n += 1;
         self.min = self.min.min(x);
         self.max = self.max.max(x);
@@ -178,21 +170,5 @@ fn format_number(x: f64) -> String {
         format!("{}", x as i64)
     } else {
         format!("{x}")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bins_are_half_open_but_the_last_is_closed() {
-        let e = [0.0, 1.0, 2.0];
-        assert_eq!(bin_of(&e, -0.5), 0);
-        assert_eq!(bin_of(&e, 0.0), 1);
-        assert_eq!(bin_of(&e, 0.999), 1);
-        assert_eq!(bin_of(&e, 1.0), 2);
-        assert_eq!(bin_of(&e, 2.0), 2);
-        assert_eq!(bin_of(&e, 2.5), 3);
     }
 }

@@ -5,7 +5,8 @@
 //!   from the training data and the registry keeps with the version.
 //! - [`histogram`] and [`window`]: a window of production values as counts
 //!   on the baseline's bins (fixed size, mergeable by adding), and the
-//!   [`window::Plan`] that feeds it from a request's tensors.
+//!   [`window::Plan`] that feeds it from a request's tensors; [`edges`]:
+//!   which bin a value falls in, in a few steps.
 //! - [`stats`]: PSI, Jensen–Shannon, chi-square, Kolmogorov–Smirnov and
 //!   Wasserstein on those counts; [`rules`]: which one decides, at what
 //!   threshold; [`report`]: all of them per feature, with data quality.
@@ -16,6 +17,7 @@
 
 pub mod baseline;
 pub mod data;
+pub mod edges;
 pub mod histogram;
 pub mod mapping;
 pub mod monitor;

@@ -1,7 +1,7 @@
 //! One window of production values, feature by feature, and how a
 //! request's tensors feed it: the [`Plan`] finds each baseline feature's
-//! tensor and column once, so a request costs two binary searches per
-//! numeric value and no allocation.
+//! tensor and column once, so a request costs two bin lookups per numeric
+//! value and no allocation.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -11,6 +11,7 @@ use half::f16;
 use serde::{Deserialize, Serialize};
 
 use super::baseline::{Baseline, Feature, FeatureStats, Values};
+use super::edges::EdgeIndex;
 use super::histogram::{CategoricalCounts, CategoryIndex, NumericCounts};
 use super::report::WindowInfo;
 
@@ -37,11 +38,20 @@ impl Counts {
     }
 }
 
-/// A baseline with what looking up its categories needs, built once.
+/// A baseline with what looking up its categories and fine bins needs,
+/// built once.
 #[derive(Debug)]
 pub struct Prepared {
     pub baseline: Arc<Baseline>,
-    indexes: Vec<Option<CategoryIndex>>,
+    /// Per feature, inputs then outputs.
+    indexes: Vec<Lookup>,
+}
+
+/// How one feature's values find their slots.
+#[derive(Debug)]
+struct Lookup {
+    categories: Option<CategoryIndex>,
+    fine: Option<EdgeIndex>,
 }
 
 impl Prepared {
@@ -51,18 +61,24 @@ impl Prepared {
             .iter()
             .chain(&baseline.outputs)
             .map(|f| match &f.stats {
-                FeatureStats::Categorical(c) => Some(CategoryIndex::new(c)),
-                FeatureStats::Numeric(_) => None,
+                FeatureStats::Categorical(c) => Lookup {
+                    categories: Some(CategoryIndex::new(c)),
+                    fine: None,
+                },
+                FeatureStats::Numeric(s) => Lookup {
+                    categories: None,
+                    fine: EdgeIndex::new(&s.fine_edges),
+                },
             })
             .collect();
         Prepared { baseline, indexes }
     }
 
-    fn feature(&self, side: Side, i: usize) -> (&Feature, Option<&CategoryIndex>) {
+    fn feature(&self, side: Side, i: usize) -> (&Feature, &Lookup) {
         let b = &self.baseline;
         match side {
-            Side::Input => (&b.features[i], self.indexes[i].as_ref()),
-            Side::Output => (&b.outputs[i], self.indexes[b.features.len() + i].as_ref()),
+            Side::Input => (&b.features[i], &self.indexes[i]),
+            Side::Output => (&b.outputs[i], &self.indexes[b.features.len() + i]),
         }
     }
 }
@@ -97,7 +113,8 @@ impl Window {
 
     /// Adds `values` of feature `i` on `side` (a column of a data file).
     pub fn add_values(&mut self, p: &Prepared, side: Side, i: usize, values: &Values) {
-        let (f, index) = p.feature(side, i);
+        let (f, lookup) = p.feature(side, i);
+        let fine = lookup.fine.as_ref();
         let counts = match side {
             Side::Input => &mut self.features[i],
             Side::Output => &mut self.outputs[i],
@@ -105,19 +122,23 @@ impl Window {
         match (counts, &f.stats, values) {
             (Counts::Numeric(c), FeatureStats::Numeric(s), Values::Numeric(v)) => {
                 for &x in v {
-                    c.add(s, x);
+                    c.add(s, fine, x);
                 }
             }
             (Counts::Numeric(c), FeatureStats::Numeric(s), Values::Text(v)) => {
                 for x in v {
                     c.add(
                         s,
+                        fine,
                         x.as_deref().map(|t| t.trim().parse().unwrap_or(f64::NAN)),
                     );
                 }
             }
             (Counts::Categorical(c), _, values) => {
-                let index = index.expect("a categorical feature has an index");
+                let index = lookup
+                    .categories
+                    .as_ref()
+                    .expect("a categorical feature has an index");
                 match values {
                     Values::Numeric(v) => {
                         for x in v {
@@ -300,7 +321,8 @@ impl Plan {
             let n = if self.batched { t.rows() } else { 1 };
             rows = rows.max(n);
             let width = t.element_count().checked_div(n).unwrap_or(0);
-            let (f, index) = p.feature(slot.side, slot.feature);
+            let (f, lookup) = p.feature(slot.side, slot.feature);
+            let fine = lookup.fine.as_ref();
             let counts = match slot.side {
                 Side::Input => &mut window.features[slot.feature],
                 Side::Output => &mut window.outputs[slot.feature],
@@ -311,11 +333,14 @@ impl Plan {
                         let x = (slot.column < width)
                             .then(|| number_at(t, r * width + slot.column))
                             .flatten();
-                        c.add(s, x);
+                        c.add(s, fine, x);
                     }
                 }
                 (Counts::Categorical(c), _) => {
-                    let index = index.expect("a categorical feature has an index");
+                    let index = lookup
+                        .categories
+                        .as_ref()
+                        .expect("a categorical feature has an index");
                     if t.dtype == DataType::Bytes {
                         let items = t.string_elements();
                         for r in 0..n {
