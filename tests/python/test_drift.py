@@ -234,6 +234,30 @@ def test_a_shift_halfway_fires_one_detected_and_one_resolved(make_repo, start_se
     assert "DRIFT" in table.stdout and "1 of 64 features drifted" in table.stdout, table.stdout
 
 
+def test_a_time_window_closes_on_time_without_another_request(make_repo, start_server, tmp_path):
+    """window_s = 1 and a window of rows the traffic never fills: the 75 rows
+    sent make one window, closed by the server's clock (no later request
+    closes it), and the next window counts from its own first row."""
+    repo = make_repo({"mlp": None})
+    append(repo, "[drift]\nwindow_rows = 1000000\nwindow_s = 1\nobserve = \"all\"")
+    training_data(tmp_path / "train.parquet")
+    ferroserve("baseline", "--data", str(tmp_path / "train.parquet"), "--repo", str(repo), "--model", "mlp",
+               "--no-outputs")
+    srv = start_server(repo)
+    rng = np.random.default_rng(3)
+    send(srv, rng.standard_normal((75, 64)).astype(np.float32))
+    doc = drift_report(srv, 1, deadline_s=30)
+    assert doc["window"]["rows"] == 75, doc["window"]
+    assert doc["open_window"]["rows"] == 0 and doc["open_window"]["closes_after_seconds"] == 1.0
+    # Quiet for longer than a window: nothing closes without rows.
+    time.sleep(2.5)
+    assert ferro.request(srv.addr, "GET", "/v2/models/mlp/drift").json()["windows_closed"] == 1
+    send(srv, rng.standard_normal((10, 64)).astype(np.float32), prefix="again")
+    doc = drift_report(srv, 2, deadline_s=30)
+    assert doc["window"]["rows"] == 10, doc["window"]
+    assert srv.stop() == 0
+
+
 def test_baseline_errors_name_what_is_wrong(make_repo, tmp_path):
     repo = make_repo({"mlp": None})
     pq.write_table(pa.table({"a": [1.0, 2.0], "b": [3.0, 4.0]}), tmp_path / "few.parquet")

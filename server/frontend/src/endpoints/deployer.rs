@@ -521,6 +521,7 @@ impl Deployer {
             ),
         };
         if let Some(m) = &drift {
+            super::drift::start_clock(m);
             tracing::info!(endpoint, deployment = %d.name, model = %d.model, version, baseline = %m.baseline().data.name, features = m.baseline().features.len(), outputs = m.baseline().outputs.len(), "drift monitor on");
         }
         Ok(Arc::new(Deployment {

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferroserve_monitoring::drift::{
     Baseline, Closed, DriftSeries, DriftSettings, Method, Monitor, Observed, Rule, Rules, Snapshot,
@@ -122,6 +123,31 @@ pub fn start(
         on_close,
     )
     .map_err(|e| format!("the version's training baseline does not fit the model: {e}"))
+}
+
+/// Closes `monitor`'s time windows on time: a thread that ticks it a
+/// tenth of its `window_s` apart (10 ms to 1 s) for as long as the
+/// deployment holds it. Nothing to do for windows by row count only.
+pub fn start_clock(monitor: &Arc<Monitor>) {
+    let Some(window) = monitor.settings().window_time else {
+        return;
+    };
+    let period = (window / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let weak = Arc::downgrade(monitor);
+    let spawned = std::thread::Builder::new()
+        .name("drift-clock".into())
+        .spawn(move || loop {
+            std::thread::sleep(period);
+            match weak.upgrade() {
+                Some(m) => m.tick(),
+                None => break,
+            }
+        });
+    if let Err(e) = spawned {
+        let w = monitor.watched();
+        tracing::warn!(endpoint = %w.endpoint, deployment = %w.deployment, error = %e,
+            "no drift clock: time windows close at the first request after their time");
+    }
 }
 
 fn emit_crossings(events: &EventBus, w: &Watched, closed: &Closed) {

@@ -28,7 +28,7 @@ pub enum Observed {
 pub struct DriftSettings {
     /// A window closes when it holds this many rows...
     pub window_rows: u64,
-    /// ...or when it is this old, if set (and holds a row).
+    /// ...or when it is this old, if set (counted from its first row).
     pub window_time: Option<Duration>,
     pub observed: Observed,
     pub rules: Rules,
@@ -165,19 +165,13 @@ impl Monitor {
     pub fn observe(&self, inputs: &[(String, Tensor)], outputs: &[Tensor], at: SystemTime) {
         let full = {
             let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            if open.window.rows == 0 {
+                open.opened = Instant::now();
+            }
             self.plan
                 .observe(&self.prepared, &mut open.window, inputs, outputs, at);
-            let by_time = self
-                .settings
-                .window_time
-                .is_some_and(|t| open.opened.elapsed() >= t);
-            if open.window.rows >= self.settings.window_rows.max(1)
-                || (by_time && open.window.rows > 0)
-            {
-                let fresh = Window::new(&self.prepared.baseline);
-                open.seq += 1;
-                open.opened = Instant::now();
-                Some((std::mem::replace(&mut open.window, fresh), open.seq))
+            if open.window.rows >= self.settings.window_rows.max(1) || self.aged(&open) {
+                Some(self.take(&mut open))
             } else {
                 None
             }
@@ -185,6 +179,37 @@ impl Monitor {
         if let Some((window, seq)) = full {
             self.score(window, seq);
         }
+    }
+
+    /// Closes the open window if it is old enough (with a `window_time`)
+    /// and holds a row. Without this a quiet deployment's time window
+    /// would stay open until its next request; the front end calls it
+    /// from a clock.
+    pub fn tick(&self) {
+        let full = {
+            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            self.aged(&open).then(|| self.take(&mut open))
+        };
+        if let Some((window, seq)) = full {
+            self.score(window, seq);
+        }
+    }
+
+    /// A time window that holds a row and has been open its time (counted
+    /// from its first row).
+    fn aged(&self, open: &Open) -> bool {
+        open.window.rows > 0
+            && self
+                .settings
+                .window_time
+                .is_some_and(|t| open.opened.elapsed() >= t)
+    }
+
+    fn take(&self, open: &mut Open) -> (Window, u64) {
+        let fresh = Window::new(&self.prepared.baseline);
+        open.seq += 1;
+        open.opened = Instant::now();
+        (std::mem::replace(&mut open.window, fresh), open.seq)
     }
 
     /// Scores a full window outside the lock that requests take.
