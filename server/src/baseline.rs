@@ -9,24 +9,25 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use bytes::Bytes;
 use clap::Args;
-use ferroserve_backend_core::{DataType, Tensor};
+use ferroserve_backend_core::DataType;
+use ferroserve_batch::tensors::{row_problem, tensor_of, Strictness};
 use ferroserve_monitoring::drift::baseline::{
     Baseline, DataFile, Feature, FeatureStats, Source, Values,
 };
-use ferroserve_monitoring::drift::data::{read_table, Column, Table};
+use ferroserve_monitoring::drift::data::{read_table, Table};
 use ferroserve_monitoring::drift::mapping::{
-    input_features, map_inputs, output_feature_names, row_width, Mapped, TensorColumns,
+    input_features, map_inputs, output_feature_names, Mapped,
 };
 use ferroserve_monitoring::drift::window::number_at;
 use ferroserve_registry::baselines::{self, NewBaseline};
 use ferroserve_registry::models::{parse_ref, VersionRef};
 use ferroserve_registry::register::user_or_default;
 use ferroserve_runtime::manifest::Manifest;
-use ferroserve_runtime::{LoadSettings, Model};
+use ferroserve_runtime::Model;
 
 use crate::output::{print_json, print_table};
+use crate::python::PythonArgs;
 
 #[derive(Debug, Args)]
 pub struct BaselineArgs {
@@ -49,6 +50,8 @@ pub struct BaselineArgs {
     /// Print the stored baseline as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    python: PythonArgs,
 }
 
 pub fn run(a: BaselineArgs) -> Result<()> {
@@ -60,18 +63,12 @@ pub fn run(a: BaselineArgs) -> Result<()> {
     if table.rows == 0 {
         bail!("{}: the data has no rows", a.data.display());
     }
-    ferroserve_runtime::onnxruntime::init()?;
-    let model = Model::from_manifest(
+    let model = crate::in_process::load(
         manifest,
-        &LoadSettings {
-            version: Some(version),
-            ..LoadSettings::default()
-        },
-    )
-    .with_context(|| format!("model {model_name}:{version} does not load"))?;
-    if let Some(why) = model.not_ready() {
-        bail!("model {model_name}:{version} is not ready: {why}");
-    }
+        version,
+        &format!("{model_name}:{version}"),
+        &a.python,
+    )?;
     let m = &model.manifest;
     let batched = m.batching.max_batch_size > 0;
     if model.signature.inputs.is_empty() {
@@ -221,13 +218,18 @@ fn output_features(
     let mut start = 0;
     while start < table.rows {
         let end = (start + chunk).min(table.rows);
+        let rows: Vec<usize> = (start..end).collect();
         let named = mapped
             .iter()
             .map(|m| {
-                Ok((
-                    m.spec.name.clone(),
-                    tensor_of(m, table, start..end, batched)?,
-                ))
+                let strict = Strictness { allow_nan: true };
+                if let Some(why) = rows
+                    .iter()
+                    .find_map(|&r| row_problem(m, table, r, batched, strict).map(|p| (r, p)))
+                {
+                    bail!("row {}: {}", why.0, why.1);
+                }
+                Ok((m.spec.name.clone(), tensor_of(m, table, &rows, batched)?))
             })
             .collect::<Result<Vec<_>>>()?;
         let out = rt
@@ -276,126 +278,4 @@ fn output_features(
                 .collect::<Vec<_>>()
         })
         .collect())
-}
-
-/// The tensor of `rows` of the data for one mapped input.
-fn tensor_of(
-    m: &Mapped,
-    table: &Table,
-    rows: std::ops::Range<usize>,
-    batched: bool,
-) -> Result<Tensor> {
-    let n = rows.len();
-    let spec = &m.spec;
-    let width = row_width(spec, batched);
-    let mut shape: Vec<i64> = if batched {
-        std::iter::once(n as i64)
-            .chain(spec.shape[1..].iter().copied())
-            .collect()
-    } else {
-        spec.shape.clone()
-    };
-    let column = |name: &str| table.column(name).expect("mapped columns exist");
-    match &m.columns {
-        TensorColumns::Tabular(cols) => {
-            if spec.dtype == DataType::Bytes {
-                let mut items: Vec<String> = Vec::with_capacity(n * cols.len());
-                for r in rows.clone() {
-                    for (_, c) in cols {
-                        items.push(match column(c) {
-                            Column::Scalar(Values::Text(v)) => v[r].clone().unwrap_or_default(),
-                            Column::Scalar(Values::Numeric(v)) => {
-                                v[r].map(|x| x.to_string()).unwrap_or_default()
-                            }
-                            Column::List(_) => unreachable!("tabular columns are scalar"),
-                        });
-                    }
-                }
-                fix_free_dims(&mut shape, n, cols.len());
-                return Ok(Tensor::from_strings(shape, &items)?);
-            }
-            let mut vals = Vec::with_capacity(n * cols.len());
-            for r in rows.clone() {
-                for (_, c) in cols {
-                    vals.push(match column(c) {
-                        Column::Scalar(Values::Numeric(v)) => v[r],
-                        Column::Scalar(Values::Text(v)) => v[r].as_deref().and_then(|s| s.trim().parse().ok()),
-                        Column::List(_) => unreachable!("tabular columns are scalar"),
-                    }
-                    .ok_or_else(|| anyhow!("column {c:?}, row {r}: expected a number for input {:?}, got a null or a text", spec.name))?);
-                }
-            }
-            fix_free_dims(&mut shape, n, cols.len());
-            encode(spec.dtype, shape, &vals)
-        }
-        TensorColumns::List(c) => {
-            let Column::List(v) = column(c) else {
-                unreachable!("list columns are lists")
-            };
-            let mut vals = Vec::new();
-            for r in rows.clone() {
-                let row = v[r].as_ref().ok_or_else(|| {
-                    anyhow!(
-                        "column {c:?}, row {r}: null, expected a list for input {:?}",
-                        spec.name
-                    )
-                })?;
-                if let Some(w) = width {
-                    if row.len() != w {
-                        bail!(
-                            "column {c:?}, row {r}: {} values, expected {w} for input {:?} of shape {:?}",
-                            row.len(),
-                            spec.name,
-                            spec.shape
-                        );
-                    }
-                }
-                vals.extend_from_slice(row);
-            }
-            let per_row = vals.len() / n.max(1);
-            fix_free_dims(&mut shape, n, per_row);
-            encode(spec.dtype, shape, &vals)
-        }
-    }
-}
-
-/// A free dimension after the batch takes what the rows hold.
-fn fix_free_dims(shape: &mut [i64], rows: usize, per_row: usize) {
-    let known: i64 = shape[1..].iter().filter(|&&d| d >= 0).product();
-    let free = shape[1..].iter().filter(|&&d| d < 0).count();
-    for d in shape[1..].iter_mut() {
-        if *d < 0 {
-            *d = if free == 1 {
-                per_row as i64 / known.max(1)
-            } else {
-                1
-            };
-        }
-    }
-    if shape.first().is_some_and(|&d| d < 0) {
-        shape[0] = rows as i64;
-    }
-}
-
-/// Numbers as a tensor of `dtype`.
-fn encode(dtype: DataType, shape: Vec<i64>, vals: &[f64]) -> Result<Tensor> {
-    let mut out: Vec<u8> = Vec::with_capacity(vals.len() * dtype.element_size().unwrap_or(8));
-    for &x in vals {
-        match dtype {
-            DataType::Fp32 => out.extend((x as f32).to_le_bytes()),
-            DataType::Fp64 => out.extend(x.to_le_bytes()),
-            DataType::Fp16 => out.extend(half::f16::from_f64(x).to_le_bytes()),
-            DataType::Int64 => out.extend((x as i64).to_le_bytes()),
-            DataType::Int32 => out.extend((x as i32).to_le_bytes()),
-            DataType::Int16 => out.extend((x as i16).to_le_bytes()),
-            DataType::Int8 => out.extend((x as i8).to_le_bytes()),
-            DataType::Uint64 => out.extend((x as u64).to_le_bytes()),
-            DataType::Uint32 => out.extend((x as u32).to_le_bytes()),
-            DataType::Uint16 => out.extend((x as u16).to_le_bytes()),
-            DataType::Uint8 => out.push(x as u8),
-            DataType::Bool => out.push(u8::from(x != 0.0)),
-            DataType::Bytes => unreachable!("BYTES tensors are built from texts"),
-        }
-    }
-    Ok(Tensor::new(dtype, shape, Bytes::from(out))?)
 }

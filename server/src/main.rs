@@ -8,10 +8,12 @@
 //! prints its message (and a backtrace when asked).
 
 mod baseline;
+mod batch;
 mod drift;
 mod drift_html;
 mod endpoints;
 mod import_triton;
+mod in_process;
 mod models;
 mod opencl;
 mod output;
@@ -133,6 +135,12 @@ enum Command {
     /// replicas) in one window, as a table, --json, or an --html page of
     /// histograms. Exits 1 when a feature drifted.
     Drift(drift::DriftArgs),
+    /// Score files with a registered version, in-process: Parquet, CSV or
+    /// JSON Lines in, one output file per input (with its row ids, in
+    /// input order), bad rows to an errors file, resumable (finished files
+    /// are skipped) and shardable (--shard K/N). Exits 1 when a file
+    /// failed or --error-threshold stopped the run.
+    Batch(batch::BatchArgs),
     /// OpenCL devices and kernels: list devices, build a program binary for
     /// a bundle, or write the kernel source for an FPGA offline compiler.
     Opencl {
@@ -186,6 +194,7 @@ fn run(command: Command) -> Result<bool> {
         }
         Command::Baseline(a) => baseline::run(a).map(|()| true),
         Command::Drift(a) => drift::run(a),
+        Command::Batch(a) => batch::run(a),
         Command::Opencl { command } => {
             opencl::run(command)?;
             Ok(true)

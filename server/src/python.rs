@@ -1,14 +1,14 @@
-//! The Python backend's settings on the command line (`serve` and
-//! `register` both load entry-script bundles).
+//! The Python backend's settings on the command line (`serve`,
+//! `register`, `baseline` and `batch` all load entry-script bundles).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
 
-/// The Python backend's settings (entry-script bundles), for `serve` and
-/// `register` alike.
-#[derive(clap::Args, Clone)]
+/// The Python backend's settings (entry-script bundles), for every
+/// command that loads a bundle.
+#[derive(clap::Args, Clone, Debug)]
 #[command(next_help_heading = "Python entry scripts")]
 pub struct PythonArgs {
     /// Interpreter for python bundles (and the base of their virtual

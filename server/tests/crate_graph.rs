@@ -29,7 +29,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("registry", &["ferroserve-registry"]),
     ("monitoring", &["ferroserve-monitoring"]),
     ("server", &["ferroserve-frontend"]),
-    ("tools", &["ferroserve-loadtest"]),
+    ("tools", &["ferroserve-loadtest", "ferroserve-batch"]),
     ("binary", &["ferroserve"]),
 ];
 

@@ -179,18 +179,11 @@ pub fn read_table(path: &Path) -> Result<Table, DataError> {
         rows: 0,
     };
     for batch in batches {
-        let mut part = Table {
-            columns: Vec::new(),
-            rows: batch.num_rows(),
-        };
-        for (field, array) in batch.schema().fields().iter().zip(batch.columns()) {
-            let col = column_of(array).map_err(|found| DataError::ColumnType {
-                path: path.to_path_buf(),
-                column: field.name().clone(),
-                found,
-            })?;
-            part.columns.push((field.name().clone(), col));
-        }
+        let part = table_of(&batch).map_err(|e| DataError::ColumnType {
+            path: path.to_path_buf(),
+            column: e.column,
+            found: e.found,
+        })?;
         if table.columns.is_empty() {
             table = part;
         } else {
@@ -198,6 +191,31 @@ pub fn read_table(path: &Path) -> Result<Table, DataError> {
         }
     }
     Ok(table)
+}
+
+/// A column whose Arrow type is none of numbers, text or lists of numbers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("column {column:?} has type {found}, expected numbers, text, or lists of numbers")]
+pub struct UnsupportedColumn {
+    pub column: String,
+    pub found: String,
+}
+
+/// One record batch as a [`Table`] (batch scoring reads files a batch at
+/// a time).
+pub fn table_of(batch: &RecordBatch) -> Result<Table, UnsupportedColumn> {
+    let mut part = Table {
+        columns: Vec::new(),
+        rows: batch.num_rows(),
+    };
+    for (field, array) in batch.schema().fields().iter().zip(batch.columns()) {
+        let col = column_of(array).map_err(|found| UnsupportedColumn {
+            column: field.name().clone(),
+            found,
+        })?;
+        part.columns.push((field.name().clone(), col));
+    }
+    Ok(part)
 }
 
 fn column_of(array: &ArrayRef) -> Result<Column, String> {
