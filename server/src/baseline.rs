@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use ferroserve_backend_core::DataType;
-use ferroserve_batch::tensors::{row_problem, tensor_of, Strictness};
+use ferroserve_batch::tensors::{row_problem, tensor_of, Resolved, Strictness};
 use ferroserve_monitoring::drift::baseline::{
     Baseline, DataFile, Feature, FeatureStats, Source, Values,
 };
@@ -223,13 +223,14 @@ fn output_features(
             .iter()
             .map(|m| {
                 let strict = Strictness { allow_nan: true };
+                let cols = Resolved::new(m, table);
                 if let Some(why) = rows
                     .iter()
-                    .find_map(|&r| row_problem(m, table, r, batched, strict).map(|p| (r, p)))
+                    .find_map(|&r| row_problem(m, &cols, r, batched, strict).map(|p| (r, p)))
                 {
                     bail!("row {}: {}", why.0, why.1);
                 }
-                Ok((m.spec.name.clone(), tensor_of(m, table, &rows, batched)?))
+                Ok((m.spec.name.clone(), tensor_of(m, &cols, &rows, batched)?))
             })
             .collect::<Result<Vec<_>>>()?;
         let out = rt

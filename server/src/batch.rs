@@ -257,6 +257,9 @@ fn print_summary(s: &Summary) {
         s.elapsed_s,
         s.rows_per_second
     );
+    if let Some(mib) = s.peak_rss_mib {
+        println!("peak memory {mib:.0} MiB");
+    }
     if let Some(why) = &s.stopped {
         println!("{why}");
     }

@@ -1,5 +1,5 @@
-"""`ferroserve batch` (issue 18): the real binary over real Parquet, CSV and
-JSON Lines files, its outputs read back with pyarrow and compared with ONNX
+"""`ferroserve batch` (issue 18): the real binary over real Parquet, CSV,
+JSON Lines and NumPy files, its outputs read back with pyarrow and compared with ONNX
 Runtime run in-process on the same rows; bad rows, a backend that rejects
 rows, a kill -9 and a restart, shards, and bad arguments."""
 
@@ -63,18 +63,19 @@ def test_every_format_scores_as_onnxruntime_does(make_repo, tmp_path):
     repo = make_repo({"mlp": None})
     data = tmp_path / "data"
     (data / "sub").mkdir(parents=True)
-    x = {name: mlp_rows(n, seed) for seed, (name, n) in enumerate([("a", 700), ("b", 333), ("c", 95)])}
+    x = {name: mlp_rows(n, seed) for seed, (name, n) in enumerate([("a", 700), ("b", 333), ("c", 95), ("d", 41)])}
     pq.write_table(pa.Table.from_pandas(frame(x["a"]).assign(key=[f"k{i}" for i in range(700)])),
                    data / "a.parquet", row_group_size=256)
     frame(x["b"]).to_csv(data / "b.csv", index=False, float_format="%.9g")
     frame(x["c"]).to_json(data / "sub" / "c.jsonl", orient="records", lines=True, double_precision=15)
+    np.save(data / "d.npy", x["d"])  # a 2-D array: one column per value, in order
     for fmt in ["parquet", "csv", "jsonl"]:
         out = tmp_path / f"out-{fmt}"
         doc, _ = summary("--repo", repo, "--model", "mlp:1", "--input", data / "*.*", "--input",
                          data / "sub" / "*.jsonl", "--output", out, "--format", fmt)
-        assert doc["files"] == 3 and doc["files_scored"] == 3 and doc["rows_scored"] == 700 + 333 + 95, doc
+        assert doc["files"] == 4 and doc["files_scored"] == 4 and doc["rows_scored"] == 700 + 333 + 95 + 41, doc
         assert doc["rows_in_error"] == 0 and doc["files_failed"] == 0
-        for name, rel in [("a", f"a.{fmt}"), ("b", f"b.{fmt}"), ("c", f"c.{fmt}")]:
+        for name, rel in [("a", f"a.{fmt}"), ("b", f"b.{fmt}"), ("c", f"c.{fmt}"), ("d", f"d.{fmt}")]:
             got = read_output(out / rel)
             assert got["row"].tolist() == list(range(len(x[name]))), (fmt, name)  # input order
             want = mlp_reference(repo, x[name])
@@ -91,6 +92,24 @@ def test_every_format_scores_as_onnxruntime_does(make_repo, tmp_path):
     got = pq.read_table(out / "a.parquet").to_pandas()
     assert got["key"].tolist() == [f"k{i}" for i in range(700)]
     np.testing.assert_array_equal(got[PROBS].to_numpy(np.float32), mlp_reference(repo, x["a"]))
+
+
+def test_an_image_array_feeds_a_non_tabular_input(make_repo, tmp_path):
+    """A 4-D .npy (rows, 3, 32, 32) is one list column `x`, named for conv's
+    input by --map; a Parquet list column named as the input needs no map."""
+    repo = make_repo({"conv": None})
+    img = np.random.default_rng(8).uniform(-1, 1, (70, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "img.npy", img)
+    pq.write_table(pa.table({"image": pa.array(list(img.reshape(70, -1)), type=pa.list_(pa.float32()))}),
+                   tmp_path / "img.parquet")
+    s = ort.InferenceSession(str(repo / "conv" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    want = s.run(None, {"image": img})[0]
+    for name, extra in [("img.npy", ["--map", "image=x"]), ("img.parquet", [])]:
+        out = tmp_path / f"out-{name}"
+        summary("--repo", repo, "--model", "conv", "--input", tmp_path / name, "--output", out, *extra)
+        got = pq.read_table(out / "img.parquet").to_pandas()
+        np.testing.assert_allclose(got[[f"logits_{j}" for j in range(10)]].to_numpy(np.float32), want, rtol=1e-5,
+                                   atol=1e-5, err_msg=name)
 
 
 def test_an_entry_script_bundle_scores_through_its_worker(tmp_path):
@@ -110,6 +129,32 @@ def test_an_entry_script_bundle_scores_through_its_worker(tmp_path):
     norm = ((x - mean[:, None]) / std[:, None]).astype(np.float32)
     np.testing.assert_allclose(got[[f"normalized_{j}" for j in range(16)]].to_numpy(np.float32), norm, rtol=1e-5,
                                atol=1e-6)
+
+
+def test_a_raw_style_script_gets_each_line_as_its_request_body(tmp_path):
+    """iris is raw style (Azure ML's run(raw_data)): each JSON Lines line is
+    one call's body, its answer the row's `result`; a body run() refuses is
+    an error row."""
+    repo = tmp_path / "repo"
+    ferro.cli("register", ferro.EXAMPLES / "iris" / "1", "--repo", repo, "--name", "iris", "--python", PYTHON)
+    x = np.random.default_rng(9).uniform(0, 7, (30, 4)).round(2)
+    lines = [json.dumps({"data": [row.tolist()]}) for row in x]
+    lines.insert(12, json.dumps({"data": "nope"}))
+    (tmp_path / "bodies.jsonl").write_text("\n".join(lines) + "\n")
+    doc, _ = summary("--repo", repo, "--model", "iris", "--input", tmp_path / "bodies.jsonl", "--output",
+                     tmp_path / "out", "--max-retries", "0", "--python", PYTHON)
+    assert doc["rows"] == 31 and doc["rows_scored"] == 30 and doc["rows_in_error"] == 1, doc
+    got = pq.read_table(tmp_path / "out" / "bodies.parquet").to_pandas()
+    assert got["row"].tolist() == [i for i in range(31) if i != 12]
+    m = json.loads((ferro.EXAMPLES / "iris" / "1" / "model.json").read_text())
+    z = x @ np.array(m["coef"]).T + np.array(m["intercept"])
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    answers = [json.loads(r) for r in got["result"]]
+    np.testing.assert_allclose([a["probabilities"][0] for a in answers], p, rtol=1e-9)
+    assert [a["labels"][0] for a in answers] == [m["labels"][k] for k in p.argmax(axis=1)]
+    error = json.loads((tmp_path / "out" / "bodies.errors.jsonl").read_text())
+    assert error["row"] == 12 and "nope" in error["reason"], error
 
 
 def test_bad_rows_go_to_the_errors_file_and_the_rest_is_scored(tmp_path):

@@ -20,7 +20,7 @@ pub struct InputFile {
 }
 
 /// The extensions batch scoring reads.
-pub const EXTENSIONS: &[&str] = &["parquet", "csv", "jsonl", "json", "ndjson"];
+pub const EXTENSIONS: &[&str] = &["parquet", "csv", "jsonl", "json", "ndjson", "npy"];
 
 /// `K/N`: this copy takes the files whose name hashes to `K` modulo `N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,6 +20,8 @@ use ferroserve_monitoring::drift::window::number_at;
 /// How one output tensor becomes columns.
 #[derive(Debug, Clone)]
 enum Layout {
+    /// A raw-style entry script's answer: the JSON text `run()` returned.
+    Raw,
     /// Element `j` of each row in column `j`.
     Tabular(usize),
     /// Each row flattened into one list.
@@ -82,6 +84,22 @@ impl OutputColumns {
         }
     }
 
+    /// A raw-style entry script's outputs: the id and `result`, the JSON
+    /// its `run()` returned for the row.
+    pub fn raw(id: Field) -> OutputColumns {
+        OutputColumns {
+            schema: Arc::new(Schema::new(vec![
+                id,
+                Field::new("result", ArrowType::Utf8, true),
+            ])),
+            outputs: vec![Output {
+                dtype: DataType::Bytes,
+                layout: Layout::Raw,
+            }],
+            batched: false,
+        }
+    }
+
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
     }
@@ -90,7 +108,7 @@ impl OutputColumns {
     pub fn all_scalar(&self) -> bool {
         self.outputs
             .iter()
-            .all(|o| matches!(o.layout, Layout::Tabular(_)))
+            .all(|o| matches!(o.layout, Layout::Tabular(_) | Layout::Raw))
     }
 
     /// The list-column outputs' names (what CSV cannot hold).
@@ -117,6 +135,17 @@ impl OutputColumns {
                     }
                 }
                 Layout::List => columns.push(list_column(out.dtype, &tensors, self.batched)),
+                Layout::Raw => {
+                    let mut b = StringBuilder::new();
+                    for t in &tensors {
+                        b.append_option(
+                            t.string_elements()
+                                .first()
+                                .map(|s| String::from_utf8_lossy(s).into_owned()),
+                        );
+                    }
+                    columns.push(Arc::new(b.finish()));
+                }
             }
         }
         RecordBatch::try_new(self.schema.clone(), columns)

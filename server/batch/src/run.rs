@@ -48,6 +48,9 @@ pub struct Summary {
     pub elapsed_s: f64,
     /// Rows scored by this run (not skipped files') per second.
     pub rows_per_second: f64,
+    /// The process's peak resident memory (Linux's VmHWM), where known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib: Option<f64>,
     /// Why the run stopped early (the error threshold), if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
@@ -99,12 +102,19 @@ pub fn run(
 ) -> Result<Summary, BatchError> {
     let started = Instant::now();
     let manifest = &model.manifest;
-    let batched = manifest.batching.max_batch_size > 0;
-    if model.signature.inputs.is_empty() {
+    let batched = manifest.batching.max_batch_size > 0 && !model.capabilities().raw_body;
+    let raw = model.capabilities().raw_body;
+    if model.signature.inputs.is_empty() && !raw {
         return Err(BatchError::Argument {
             argument: "--model",
+            message: format!("{} declares no inputs to feed", opts.model_label),
+        });
+    }
+    if raw && !opts.map.is_empty() {
+        return Err(BatchError::Argument {
+            argument: "--map",
             message: format!(
-                "{} declares no inputs (a raw-style entry script takes a request body as is); batch scoring feeds named input tensors",
+                "{} is a raw-style entry script: each row goes to run() whole, as a JSON object",
                 opts.model_label
             ),
         });
@@ -133,17 +143,18 @@ pub fn run(
         })?;
     let scorer = Scorer {
         batched,
-        chunk: if batched {
+        chunk: if batched && !raw {
             manifest.batching.max_batch_size.max(1)
         } else {
             1
         },
-        depth: (manifest.instances.count.max(1) * 2).max(2),
+        depth: manifest.instances.count.max(1) * 4,
         feature_names: manifest
             .feature_names
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+        raw,
         model,
         runtime,
     };
@@ -267,6 +278,7 @@ pub fn run(
         rows_in_error: details.iter().map(|d| d.errors).sum(),
         elapsed_s: elapsed,
         rows_per_second: scored_now as f64 / elapsed.max(1e-9),
+        peak_rss_mib: peak_rss_mib(),
         stopped,
         details,
     })
@@ -303,4 +315,13 @@ fn finish_errors(path: &Path, errors: &[(u64, String)]) -> Result<(), BatchError
         .map(|(row, reason)| serde_json::json!({"row": row, "reason": reason}).to_string())
         .collect();
     write_whole(path, &lines)
+}
+
+/// VmHWM of /proc/self/status: the peak since this program started (unlike
+/// getrusage's, which counts the parent's pages from before the exec).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }

@@ -1,8 +1,8 @@
-//! One file through the model. A reader thread decodes record batches
-//! into a bounded queue; this thread checks rows, builds tensors and keeps
-//! up to `depth` batches in the model's queue at once (so its batcher
-//! always has a full batch waiting); a writer thread encodes the answers,
-//! in input order, into the output file. Each queue holds a few batches,
+//! One file through the model. A reader thread decodes and converts
+//! record batches into a bounded queue; this thread checks rows, builds
+//! tensors and keeps up to `depth` requests in the model's queue at once
+//! (so its batcher always has a full batch waiting); a writer thread
+//! encodes the answers, in input order, into the output file. Each queue holds a few batches,
 //! so memory stays flat however large the file is.
 
 use std::collections::{HashMap, VecDeque};
@@ -17,6 +17,7 @@ use arrow_array::{ArrayRef, Int64Array, RecordBatch, UInt32Array};
 use arrow_schema::{DataType as ArrowType, Field};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use ferroserve_backend_core::Tensor;
+use ferroserve_monitoring::drift::baseline::Values;
 use ferroserve_monitoring::drift::data::{table_of, Column, Table};
 use ferroserve_monitoring::drift::mapping::{map_inputs, Mapped, TensorColumns};
 use ferroserve_runtime::Model;
@@ -25,7 +26,7 @@ use tokio::task::JoinHandle;
 use crate::options::{Options, Progress};
 use crate::outputs::OutputColumns;
 use crate::sink::{Format, Sink};
-use crate::tensors::{row_problem, tensor_of, Strictness};
+use crate::tensors::{row_problem, tensor_of, Resolved, Strictness};
 use crate::BatchError;
 
 /// A model loaded for batch scoring, with what scoring it needs.
@@ -38,6 +39,8 @@ pub struct Scorer {
     /// Requests in the model's queue at once.
     pub depth: usize,
     pub feature_names: HashMap<String, Vec<String>>,
+    /// A raw-style entry script: each row goes to run() as a JSON object.
+    pub raw: bool,
     pub runtime: tokio::runtime::Runtime,
 }
 
@@ -59,6 +62,9 @@ struct InFlight {
     ids: ArrayRef,
     answer: JoinHandle<Vec<Piece>>,
 }
+
+/// A record batch as read, and as columns.
+type Decoded = (RecordBatch, Table);
 
 /// A request's inputs by name.
 type Named = Vec<(String, Tensor)>;
@@ -85,16 +91,39 @@ pub fn score_file(
     progress: &Progress,
 ) -> Result<Scored, BatchError> {
     let read_rows = (scorer.chunk * 4).max(1024);
-    let (batches, total) = crate::read::open(input, read_rows)?;
+    // A raw-style script reads a JSON Lines file's lines as request bodies.
+    let verbatim = scorer.raw && crate::read::is_json_lines(input);
+    let (batches, total) = if verbatim {
+        (crate::read::open_lines(input, read_rows)?, None)
+    } else {
+        crate::read::open(input, read_rows)?
+    };
     if let Some(t) = total {
         progress.expected.fetch_add(t, Ordering::Relaxed);
     }
-    let (batch_tx, batch_rx) = bounded::<Result<RecordBatch, String>>(2);
+    // The reader decodes and converts (to columns of numbers, texts or
+    // lists): the work this thread would otherwise do while the model's
+    // queue runs dry.
+    let (batch_tx, batch_rx) = bounded::<Result<Decoded, BatchError>>(2);
+    let path = input.to_path_buf();
     let reader = thread::Builder::new()
         .name("batch-read".into())
         .spawn(move || {
             for b in batches {
-                if batch_tx.send(b.map_err(|e| e.to_string())).is_err() {
+                let decoded =
+                    match b {
+                        Ok(batch) => table_of(&batch).map(|table| (batch, table)).map_err(|e| {
+                            BatchError::File {
+                                path: path.clone(),
+                                message: e.to_string(),
+                            }
+                        }),
+                        Err(e) => Err(BatchError::Read {
+                            path: path.clone(),
+                            message: e.to_string(),
+                        }),
+                    };
+                if batch_tx.send(decoded).is_err() {
                     break;
                 }
             }
@@ -104,7 +133,7 @@ pub fn score_file(
             message: format!("cannot start a reader thread: {e}"),
         })?;
     let result = scorer.runtime.block_on(score_batches(
-        scorer, opts, input, output, batch_rx, progress,
+        scorer, opts, input, output, verbatim, batch_rx, progress,
     ));
     // The reader stops at its next send once the queue's receiver is gone.
     let _ = reader.join();
@@ -116,7 +145,8 @@ async fn score_batches(
     opts: &Options,
     input: &Path,
     output: &Path,
-    batches: Receiver<Result<RecordBatch, String>>,
+    verbatim: bool,
+    batches: Receiver<Result<Decoded, BatchError>>,
     progress: &Progress,
 ) -> Result<Scored, BatchError> {
     let file_error = |message: String| BatchError::File {
@@ -132,13 +162,13 @@ async fn score_batches(
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut next_row: u64 = 0;
     while let Ok(batch) = batches.recv() {
-        let batch = batch.map_err(|e| BatchError::Read {
-            path: input.to_path_buf(),
-            message: e,
-        })?;
-        let table = table_of(&batch).map_err(|e| file_error(e.to_string()))?;
+        let (batch, table) = batch?;
         if plan.is_none() {
-            let mapped = map(scorer, opts, &table, input)?;
+            let mapped = if scorer.raw {
+                Vec::new()
+            } else {
+                map(scorer, opts, &table, input)?
+            };
             let id_field = match &opts.id_column {
                 Some(c) => {
                     let Some(f) = batch.schema().field_with_name(c).ok().cloned() else {
@@ -155,12 +185,16 @@ async fn score_batches(
                 }
                 None => Field::new("row", ArrowType::Int64, false),
             };
-            let columns = OutputColumns::new(
-                &scorer.model.signature,
-                scorer.batched,
-                &scorer.feature_names,
-                id_field,
-            );
+            let columns = if scorer.raw {
+                OutputColumns::raw(id_field)
+            } else {
+                OutputColumns::new(
+                    &scorer.model.signature,
+                    scorer.batched,
+                    &scorer.feature_names,
+                    id_field,
+                )
+            };
             if !opts.summary_only {
                 if opts.format == Format::Csv && !columns.all_scalar() {
                     return Err(BatchError::Argument {
@@ -179,11 +213,13 @@ async fn score_batches(
         let base = next_row;
         next_row += table.rows as u64;
         scored.rows += table.rows as u64;
+        let resolved: Vec<Resolved> = mapped.iter().map(|m| Resolved::new(m, &table)).collect();
         let mut good: Vec<usize> = Vec::with_capacity(table.rows);
         for r in 0..table.rows {
             match mapped
                 .iter()
-                .find_map(|m| row_problem(m, &table, r, scorer.batched, strict))
+                .zip(&resolved)
+                .find_map(|(m, c)| row_problem(m, c, r, scorer.batched, strict))
             {
                 Some(reason) => {
                     scored.errors.push((base + r as u64, reason));
@@ -201,14 +237,29 @@ async fn score_batches(
                 .map(|i| batch.column(i).clone())
         });
         for rows in good.chunks(scorer.chunk) {
-            let named = mapped
-                .iter()
-                .map(|m| {
-                    tensor_of(m, &table, rows, scorer.batched)
-                        .map(|t| (m.spec.name.clone(), t))
-                        .map_err(|e| file_error(format!("input {:?}: {e}", m.spec.name)))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let named = if scorer.raw {
+                // One row per call, as its JSON object: what the script's
+                // run(raw_data) gets from POST /score.
+                let body = match (verbatim, table.columns.first()) {
+                    (true, Some((_, Column::Scalar(Values::Text(lines))))) => {
+                        lines[rows[0]].clone().unwrap_or_default()
+                    }
+                    _ => row_json(&table, rows[0]),
+                };
+                let t = Tensor::from_strings(vec![1], &[body])
+                    .map_err(|e| file_error(format!("row {}: {e}", base + rows[0] as u64)))?;
+                vec![("raw".to_string(), t)]
+            } else {
+                mapped
+                    .iter()
+                    .zip(&resolved)
+                    .map(|(m, c)| {
+                        tensor_of(m, c, rows, scorer.batched)
+                            .map(|t| (m.spec.name.clone(), t))
+                            .map_err(|e| file_error(format!("input {:?}: {e}", m.spec.name)))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            };
             let ids: ArrayRef = match &ids_all {
                 Some(col) => {
                     let idx = UInt32Array::from_iter_values(rows.iter().map(|&r| r as u32));
@@ -237,12 +288,17 @@ async fn score_batches(
         Some((_, c)) => c.clone(),
         None => {
             // An empty file: no rows, but still an output with the columns.
-            let mapped_none = OutputColumns::new(
-                &scorer.model.signature,
-                scorer.batched,
-                &scorer.feature_names,
-                Field::new("row", ArrowType::Int64, false),
-            );
+            let row = Field::new("row", ArrowType::Int64, false);
+            let mapped_none = if scorer.raw {
+                OutputColumns::raw(row)
+            } else {
+                OutputColumns::new(
+                    &scorer.model.signature,
+                    scorer.batched,
+                    &scorer.feature_names,
+                    row,
+                )
+            };
             if !opts.summary_only {
                 writer = Some(Writer::start(output, opts.format, &mapped_none)?);
             }
@@ -276,6 +332,31 @@ fn check_threshold(opts: &Options, progress: &Progress) -> Result<(), BatchError
         }),
         _ => Ok(()),
     }
+}
+
+/// Row `r` as a JSON object of its columns (numbers, texts, lists of
+/// numbers; nulls as null).
+fn row_json(table: &Table, r: usize) -> String {
+    let mut row = serde_json::Map::new();
+    for (name, column) in &table.columns {
+        let v = match column {
+            Column::Scalar(Values::Numeric(v)) => v[r].map_or(serde_json::Value::Null, |x| {
+                serde_json::Number::from_f64(x).map_or(serde_json::Value::Null, Into::into)
+            }),
+            Column::Scalar(Values::Text(v)) => v[r]
+                .clone()
+                .map_or(serde_json::Value::Null, serde_json::Value::String),
+            Column::List(v) => v[r].as_ref().map_or(serde_json::Value::Null, |xs| {
+                xs.iter()
+                    .map(|&x| {
+                        serde_json::Number::from_f64(x).map_or(serde_json::Value::Null, Into::into)
+                    })
+                    .collect()
+            }),
+        };
+        row.insert(name.clone(), v);
+    }
+    serde_json::Value::Object(row).to_string()
 }
 
 /// Waits for a request's answer and hands its rows to the writer.

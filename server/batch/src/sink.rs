@@ -84,8 +84,11 @@ impl Sink {
         let file = File::create(&tmp).map_err(|e| failed(&e))?;
         let writer = match format {
             Format::Parquet => {
+                // Row groups of 64 Ki rows: the writer holds one in memory,
+                // so a larger one would make memory grow with the file.
                 let props = WriterProperties::builder()
                     .set_compression(Compression::SNAPPY)
+                    .set_max_row_group_size(64 * 1024)
                     .build();
                 Writer::Parquet(
                     ArrowWriter::try_new(file, schema.clone(), Some(props))

@@ -16,16 +16,34 @@ pub struct Strictness {
     pub allow_nan: bool,
 }
 
+/// A mapped input's columns found in a table once, not once per row (a
+/// lookup by name for each of 64 columns of each row was most of the
+/// conversion's cost).
+pub struct Resolved<'a> {
+    columns: Vec<(&'a str, Option<&'a Column>)>,
+}
+
+impl<'a> Resolved<'a> {
+    pub fn new(m: &'a Mapped, table: &'a Table) -> Resolved<'a> {
+        let names: Vec<&'a str> = match &m.columns {
+            TensorColumns::Tabular(cols) => cols.iter().map(|(_, c)| c.as_str()).collect(),
+            TensorColumns::List(c) => vec![c.as_str()],
+        };
+        Resolved {
+            columns: names.into_iter().map(|n| (n, table.column(n))).collect(),
+        }
+    }
+}
+
 /// Why row `r` cannot feed input `m`, or `None` when it can.
 pub fn row_problem(
     m: &Mapped,
-    table: &Table,
+    cols: &Resolved,
     r: usize,
     batched: bool,
     strict: Strictness,
 ) -> Option<String> {
     let spec = &m.spec;
-    let column = |name: &str| table.column(name);
     let integer = !matches!(
         spec.dtype,
         DataType::Fp16 | DataType::Fp32 | DataType::Fp64 | DataType::Bytes
@@ -49,12 +67,12 @@ pub fn row_problem(
         }
     };
     match &m.columns {
-        TensorColumns::Tabular(cols) => {
+        TensorColumns::Tabular(_) => {
             if spec.dtype == DataType::Bytes {
                 return None;
             }
-            for (_, c) in cols {
-                let problem = match column(c) {
+            for &(c, column) in &cols.columns {
+                let problem = match column {
                     Some(Column::Scalar(Values::Numeric(v))) => number(c, v[r]),
                     Some(Column::Scalar(Values::Text(v))) => match v[r].as_deref() {
                         None => number(c, None),
@@ -74,8 +92,9 @@ pub fn row_problem(
             }
             None
         }
-        TensorColumns::List(c) => {
-            let Some(Column::List(v)) = column(c) else {
+        TensorColumns::List(_) => {
+            let (c, column) = cols.columns[0];
+            let Some(Column::List(v)) = column else {
                 return Some(format!("column {c:?} is not a list column in this batch"));
             };
             let Some(row) = v[r].as_ref() else {
@@ -110,7 +129,7 @@ pub fn row_problem(
 /// empty text.
 pub fn tensor_of(
     m: &Mapped,
-    table: &Table,
+    cols: &Resolved,
     rows: &[usize],
     batched: bool,
 ) -> Result<Tensor, TensorError> {
@@ -123,14 +142,14 @@ pub fn tensor_of(
     } else {
         spec.shape.clone()
     };
-    let column = |name: &str| table.column(name);
+    let width = cols.columns.len();
     match &m.columns {
-        TensorColumns::Tabular(cols) => {
+        TensorColumns::Tabular(_) => {
             if spec.dtype == DataType::Bytes {
-                let mut items: Vec<String> = Vec::with_capacity(n * cols.len());
+                let mut items: Vec<String> = Vec::with_capacity(n * width);
                 for &r in rows {
-                    for (_, c) in cols {
-                        items.push(match column(c) {
+                    for &(_, column) in &cols.columns {
+                        items.push(match column {
                             Some(Column::Scalar(Values::Text(v))) => {
                                 v[r].clone().unwrap_or_default()
                             }
@@ -141,14 +160,14 @@ pub fn tensor_of(
                         });
                     }
                 }
-                fix_free_dims(&mut shape, n, cols.len());
+                fix_free_dims(&mut shape, n, width);
                 return Tensor::from_strings(shape, &items);
             }
-            let mut vals = Vec::with_capacity(n * cols.len());
+            let mut vals = Vec::with_capacity(n * width);
             for &r in rows {
-                for (_, c) in cols {
+                for &(_, column) in &cols.columns {
                     vals.push(
-                        match column(c) {
+                        match column {
                             Some(Column::Scalar(Values::Numeric(v))) => v[r],
                             Some(Column::Scalar(Values::Text(v))) => {
                                 v[r].as_deref().and_then(|s| s.trim().parse().ok())
@@ -159,12 +178,12 @@ pub fn tensor_of(
                     );
                 }
             }
-            fix_free_dims(&mut shape, n, cols.len());
+            fix_free_dims(&mut shape, n, width);
             encode(spec.dtype, shape, &vals)
         }
-        TensorColumns::List(c) => {
+        TensorColumns::List(_) => {
             let mut vals = Vec::new();
-            if let Some(Column::List(v)) = column(c) {
+            if let (_, Some(Column::List(v))) = cols.columns[0] {
                 for &r in rows {
                     if let Some(row) = &v[r] {
                         vals.extend_from_slice(row);

@@ -245,7 +245,9 @@ fn column_of(array: &ArrayRef) -> Result<Column, String> {
                     .collect(),
             )))
         }
-        ArrowType::List(f) | ArrowType::LargeList(f) if is_number(f.data_type()) => {
+        ArrowType::List(f) | ArrowType::LargeList(f) | ArrowType::FixedSizeList(f, _)
+            if is_number(f.data_type()) =>
+        {
             let list = arrow_cast::cast(
                 array,
                 &ArrowType::List(Arc::new(arrow_schema::Field::new_list_field(
