@@ -195,6 +195,41 @@ def test_bad_rows_go_to_the_errors_file_and_the_rest_is_scored(tmp_path):
     assert not list((tmp_path / "out2").glob(".*.tmp"))
 
 
+def test_bad_numbers_in_parquet_are_error_rows_too(make_repo, tmp_path):
+    """Numeric Parquet columns and list columns take the direct path (no
+    per-value table): a null, a NaN and a list of the wrong length are
+    error rows there as well, with the same reasons."""
+    repo = make_repo({"mlp": None, "conv": None})
+    x = mlp_rows(50, 11).astype(np.float64)
+    cols = {f"input_{j}": pa.array(x[:, j]) for j in range(64)}
+    cols["input_7"] = pa.array([None if i == 4 else v for i, v in enumerate(x[:, 7])], type=pa.float64())
+    x[9, 2] = np.nan
+    cols["input_2"] = pa.array(x[:, 2])
+    pq.write_table(pa.table(cols), tmp_path / "m.parquet")
+    doc, _ = summary("--repo", repo, "--model", "mlp", "--input", tmp_path / "m.parquet", "--output", tmp_path / "o")
+    assert doc["rows_scored"] == 48 and doc["rows_in_error"] == 2, doc
+    errors = {e["row"]: e["reason"] for e in map(json.loads, (tmp_path / "o" / "m.errors.jsonl").read_text().splitlines())}
+    assert "input_7" in errors[4] and "null" in errors[4], errors
+    assert "input_2" in errors[9] and "NaN" in errors[9], errors
+    got = pq.read_table(tmp_path / "o" / "m.parquet").to_pandas()
+    good = [i for i in range(50) if i not in (4, 9)]
+    assert got["row"].tolist() == good
+    np.testing.assert_array_equal(got[PROBS].to_numpy(np.float32),
+                                  mlp_reference(repo, x[good].astype(np.float32)))
+    # --allow-nan lets the NaN row through.
+    doc, _ = summary("--repo", repo, "--model", "mlp", "--input", tmp_path / "m.parquet", "--output", tmp_path / "o2",
+                     "--allow-nan")
+    assert doc["rows_in_error"] == 1, doc
+    img = np.random.default_rng(12).uniform(-1, 1, (6, 3072)).astype(np.float32)
+    rows = [list(r) for r in img]
+    rows[1] = None
+    rows[3] = rows[3][:100]
+    pq.write_table(pa.table({"image": pa.array(rows, type=pa.list_(pa.float32()))}), tmp_path / "c.parquet")
+    doc, _ = summary("--repo", repo, "--model", "conv", "--input", tmp_path / "c.parquet", "--output", tmp_path / "o3")
+    errors = {e["row"]: e["reason"] for e in map(json.loads, (tmp_path / "o3" / "c.errors.jsonl").read_text().splitlines())}
+    assert sorted(errors) == [1, 3] and "null" in errors[1] and "100 values, expected 3072" in errors[3], errors
+
+
 def write_parts(data: Path, files: int, rows: int) -> None:
     data.mkdir(parents=True, exist_ok=True)
     for i in range(files):

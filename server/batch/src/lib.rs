@@ -4,7 +4,8 @@
 //! - [`files`]: the `--input` patterns expanded, each file's name under
 //!   its pattern's root, `--shard K/N`'s share.
 //! - [`read`]: a file a record batch at a time (Parquet, CSV, JSON Lines).
-//! - [`tensors`]: rows checked one by one, then the good ones as tensors.
+//! - [`tensors`]: rows checked one by one, then the good ones as tensors;
+//!   [`direct`]: the same straight from numeric Arrow arrays.
 //! - [`score`]: one file through the model, reading, converting, scoring
 //!   and writing at once with bounded queues between them; failed batches
 //!   retried, then split to find the rows that fail.
@@ -13,6 +14,7 @@
 //! - [`ledger`]: the output folder's record of finished files, so that a
 //!   restarted run skips them.
 
+pub mod direct;
 pub mod files;
 pub mod ledger;
 pub mod options;

@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
 
@@ -18,11 +18,12 @@ use arrow_schema::{DataType as ArrowType, Field};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use ferroserve_backend_core::Tensor;
 use ferroserve_monitoring::drift::baseline::Values;
-use ferroserve_monitoring::drift::data::{table_of, Column, Table};
+use ferroserve_monitoring::drift::data::{schema_table, table_of, Column, Table};
 use ferroserve_monitoring::drift::mapping::{map_inputs, Mapped, TensorColumns};
 use ferroserve_runtime::Model;
 use tokio::task::JoinHandle;
 
+use crate::direct::Direct;
 use crate::options::{Options, Progress};
 use crate::outputs::OutputColumns;
 use crate::sink::{Format, Sink};
@@ -63,8 +64,24 @@ struct InFlight {
     answer: JoinHandle<Vec<Piece>>,
 }
 
-/// A record batch as read, and as columns.
-type Decoded = (RecordBatch, Table);
+/// A record batch as read, and as a table where it needs one.
+type Decoded = (RecordBatch, Option<Table>);
+
+/// Whether the `wanted` columns (all of them before the plan says which)
+/// are numbers or lists of numbers: what the direct path takes.
+fn all_numeric(batch: &RecordBatch, wanted: Option<&Vec<String>>) -> bool {
+    batch.schema().fields().iter().all(|f| {
+        if wanted.is_some_and(|w| !w.contains(f.name())) {
+            return true;
+        }
+        match f.data_type() {
+            ArrowType::List(e) | ArrowType::LargeList(e) | ArrowType::FixedSizeList(e, _) => {
+                e.data_type().is_numeric()
+            }
+            t => t.is_numeric(),
+        }
+    })
+}
 
 /// A request's inputs by name.
 type Named = Vec<(String, Tensor)>;
@@ -101,28 +118,43 @@ pub fn score_file(
     if let Some(t) = total {
         progress.expected.fetch_add(t, Ordering::Relaxed);
     }
-    // The reader decodes and converts (to columns of numbers, texts or
-    // lists): the work this thread would otherwise do while the model's
-    // queue runs dry.
+    // The reader decodes, and converts to a table the batches that need
+    // one (texts to parse, BYTES inputs, a raw-style script): the work this
+    // thread would otherwise do while the model's queue runs dry. Numbers
+    // and lists of numbers go by the direct path, converted on this thread
+    // a few vectorised casts at a time.
+    let needs_table = scorer.raw
+        || scorer
+            .model
+            .signature
+            .inputs
+            .iter()
+            .any(|s| s.dtype == ferroserve_backend_core::DataType::Bytes);
     let (batch_tx, batch_rx) = bounded::<Result<Decoded, BatchError>>(2);
     let path = input.to_path_buf();
+    // The columns the inputs read, once the first batch has planned them:
+    // an id column of texts need not send every batch down the table path.
+    let mapped_columns: Arc<OnceLock<Vec<String>>> = Arc::default();
+    let wanted = mapped_columns.clone();
     let reader = thread::Builder::new()
         .name("batch-read".into())
         .spawn(move || {
             for b in batches {
-                let decoded =
-                    match b {
-                        Ok(batch) => table_of(&batch).map(|table| (batch, table)).map_err(|e| {
-                            BatchError::File {
-                                path: path.clone(),
-                                message: e.to_string(),
-                            }
-                        }),
-                        Err(e) => Err(BatchError::Read {
+                let decoded = match b {
+                    Ok(batch) if !needs_table && all_numeric(&batch, wanted.get()) => {
+                        Ok((batch, None))
+                    }
+                    Ok(batch) => table_of(&batch)
+                        .map(|table| (batch, Some(table)))
+                        .map_err(|e| BatchError::File {
                             path: path.clone(),
                             message: e.to_string(),
                         }),
-                    };
+                    Err(e) => Err(BatchError::Read {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    }),
+                };
                 if batch_tx.send(decoded).is_err() {
                     break;
                 }
@@ -132,23 +164,39 @@ pub fn score_file(
             path: input.to_path_buf(),
             message: format!("cannot start a reader thread: {e}"),
         })?;
-    let result = scorer.runtime.block_on(score_batches(
-        scorer, opts, input, output, verbatim, batch_rx, progress,
-    ));
+    let file = FileJob {
+        input,
+        output,
+        verbatim,
+        mapped_columns: &mapped_columns,
+    };
+    let result = scorer
+        .runtime
+        .block_on(score_batches(scorer, opts, &file, batch_rx, progress));
     // The reader stops at its next send once the queue's receiver is gone.
     let _ = reader.join();
     result
 }
 
+/// One file's paths and what its reader shares with this thread.
+struct FileJob<'a> {
+    input: &'a Path,
+    output: &'a Path,
+    /// A raw-style script's JSON Lines: each line is a request body.
+    verbatim: bool,
+    /// Set once the first batch has planned the inputs' columns.
+    mapped_columns: &'a OnceLock<Vec<String>>,
+}
+
 async fn score_batches(
     scorer: &Scorer,
     opts: &Options,
-    input: &Path,
-    output: &Path,
-    verbatim: bool,
+    file: &FileJob<'_>,
     batches: Receiver<Result<Decoded, BatchError>>,
     progress: &Progress,
 ) -> Result<Scored, BatchError> {
+    let (input, output, verbatim, mapped_columns) =
+        (file.input, file.output, file.verbatim, file.mapped_columns);
     let file_error = |message: String| BatchError::File {
         path: input.to_path_buf(),
         message,
@@ -163,11 +211,12 @@ async fn score_batches(
     let mut next_row: u64 = 0;
     while let Ok(batch) = batches.recv() {
         let (batch, table) = batch?;
+        let shape = schema_table(&batch.schema()).map_err(|e| file_error(e.to_string()))?;
         if plan.is_none() {
             let mapped = if scorer.raw {
                 Vec::new()
             } else {
-                map(scorer, opts, &table, input)?
+                map(scorer, opts, &shape, input)?
             };
             let id_field = match &opts.id_column {
                 Some(c) => {
@@ -177,7 +226,7 @@ async fn score_batches(
                             message: format!(
                                 "{}: no column {c:?} (its columns: {:?})",
                                 input.display(),
-                                table.names()
+                                shape.names()
                             ),
                         });
                     };
@@ -207,20 +256,48 @@ async fn score_batches(
                 }
                 writer = Some(Writer::start(output, opts.format, &columns)?);
             }
+            let _ = mapped_columns.set(
+                mapped
+                    .iter()
+                    .flat_map(|m| match &m.columns {
+                        TensorColumns::Tabular(cols) => {
+                            cols.iter().map(|(_, c)| c.clone()).collect()
+                        }
+                        TensorColumns::List(c) => vec![c.clone()],
+                    })
+                    .collect(),
+            );
             plan = Some((mapped, columns));
         }
         let (mapped, columns) = plan.as_ref().expect("planned above");
+        let n_rows = batch.num_rows();
         let base = next_row;
-        next_row += table.rows as u64;
-        scored.rows += table.rows as u64;
-        let resolved: Vec<Resolved> = mapped.iter().map(|m| Resolved::new(m, &table)).collect();
-        let mut good: Vec<usize> = Vec::with_capacity(table.rows);
-        for r in 0..table.rows {
-            match mapped
-                .iter()
-                .zip(&resolved)
-                .find_map(|(m, c)| row_problem(m, c, r, scorer.batched, strict))
-            {
+        next_row += n_rows as u64;
+        scored.rows += n_rows as u64;
+        let direct = match &table {
+            None if !scorer.raw => Direct::new(&batch, mapped),
+            _ => None,
+        };
+        // The table path, for what the direct one does not take.
+        let table = match (table, &direct) {
+            (Some(t), _) => Some(t),
+            (None, Some(_)) => None,
+            (None, None) => Some(table_of(&batch).map_err(|e| file_error(e.to_string()))?),
+        };
+        let resolved: Vec<Resolved> = match &table {
+            Some(t) => mapped.iter().map(|m| Resolved::new(m, t)).collect(),
+            None => Vec::new(),
+        };
+        let mut good: Vec<usize> = Vec::with_capacity(n_rows);
+        for r in 0..n_rows {
+            let problem = match &direct {
+                Some(d) => d.row_problem(r, scorer.batched, strict),
+                None => mapped
+                    .iter()
+                    .zip(&resolved)
+                    .find_map(|(m, c)| row_problem(m, c, r, scorer.batched, strict)),
+            };
+            match problem {
                 Some(reason) => {
                     scored.errors.push((base + r as u64, reason));
                     progress.errors.fetch_add(1, Ordering::Relaxed);
@@ -237,18 +314,21 @@ async fn score_batches(
                 .map(|i| batch.column(i).clone())
         });
         for rows in good.chunks(scorer.chunk) {
-            let named = if scorer.raw {
+            let named = if let (true, Some(table)) = (scorer.raw, &table) {
                 // One row per call, as its JSON object: what the script's
                 // run(raw_data) gets from POST /score.
                 let body = match (verbatim, table.columns.first()) {
                     (true, Some((_, Column::Scalar(Values::Text(lines))))) => {
                         lines[rows[0]].clone().unwrap_or_default()
                     }
-                    _ => row_json(&table, rows[0]),
+                    _ => row_json(table, rows[0]),
                 };
                 let t = Tensor::from_strings(vec![1], &[body])
                     .map_err(|e| file_error(format!("row {}: {e}", base + rows[0] as u64)))?;
                 vec![("raw".to_string(), t)]
+            } else if let Some(d) = &direct {
+                d.tensors(rows, scorer.batched)
+                    .map_err(|e| file_error(format!("inputs: {e}")))?
             } else {
                 mapped
                     .iter()

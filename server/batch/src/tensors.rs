@@ -4,7 +4,7 @@
 //! rows that passed. `ferroserve baseline` uses the same conversion.
 
 use bytes::Bytes;
-use ferroserve_backend_core::{DataType, Tensor, TensorError};
+use ferroserve_backend_core::{DataType, Tensor, TensorError, TensorSpec};
 use ferroserve_monitoring::drift::baseline::Values;
 use ferroserve_monitoring::drift::data::{Column, Table};
 use ferroserve_monitoring::drift::mapping::{row_width, Mapped, TensorColumns};
@@ -44,28 +44,7 @@ pub fn row_problem(
     strict: Strictness,
 ) -> Option<String> {
     let spec = &m.spec;
-    let integer = !matches!(
-        spec.dtype,
-        DataType::Fp16 | DataType::Fp32 | DataType::Fp64 | DataType::Bytes
-    );
-    let number = |c: &str, x: Option<f64>| -> Option<String> {
-        match x {
-            None => Some(format!(
-                "column {c:?}: null, expected a number for input {:?}",
-                spec.name
-            )),
-            Some(x) if x.is_nan() && !strict.allow_nan => Some(format!(
-                "column {c:?}: NaN, expected a number for input {:?} (--allow-nan accepts it)",
-                spec.name
-            )),
-            Some(x) if integer && x.fract() != 0.0 && x.is_finite() => Some(format!(
-                "column {c:?}: {x}, expected an integer for input {:?} ({})",
-                spec.name,
-                spec.dtype.as_str()
-            )),
-            _ => None,
-        }
-    };
+    let number = |c: &str, x: Option<f64>| number_problem(spec, c, x, strict);
     match &m.columns {
         TensorColumns::Tabular(_) => {
             if spec.dtype == DataType::Bytes {
@@ -97,31 +76,78 @@ pub fn row_problem(
             let Some(Column::List(v)) = column else {
                 return Some(format!("column {c:?} is not a list column in this batch"));
             };
-            let Some(row) = v[r].as_ref() else {
-                return Some(format!(
-                    "column {c:?}: null, expected a list for input {:?}",
-                    spec.name
-                ));
-            };
-            if let Some(w) = row_width(spec, batched) {
-                if row.len() != w {
-                    return Some(format!(
-                        "column {c:?}: {} values, expected {w} for input {:?} of shape {:?}",
-                        row.len(),
-                        spec.name,
-                        spec.shape
-                    ));
-                }
-            }
-            if !strict.allow_nan && row.iter().any(|x| x.is_nan()) {
-                return Some(format!(
-                    "column {c:?}: a NaN or null element, expected numbers for input {:?} (--allow-nan accepts NaN)",
-                    spec.name
-                ));
-            }
-            None
+            list_problem(
+                spec,
+                c,
+                v[r].as_ref()
+                    .map(|row| (row.len(), row.iter().any(|x| x.is_nan()))),
+                batched,
+                strict,
+            )
         }
     }
+}
+
+/// Why value `x` of column `c` cannot feed `spec` (null, NaN, a fraction
+/// for an integer input), or `None`.
+pub(crate) fn number_problem(
+    spec: &TensorSpec,
+    c: &str,
+    x: Option<f64>,
+    strict: Strictness,
+) -> Option<String> {
+    let integer = !matches!(
+        spec.dtype,
+        DataType::Fp16 | DataType::Fp32 | DataType::Fp64 | DataType::Bytes
+    );
+    match x {
+        None => Some(format!(
+            "column {c:?}: null, expected a number for input {:?}",
+            spec.name
+        )),
+        Some(x) if x.is_nan() && !strict.allow_nan => Some(format!(
+            "column {c:?}: NaN, expected a number for input {:?} (--allow-nan accepts it)",
+            spec.name
+        )),
+        Some(x) if integer && x.fract() != 0.0 && x.is_finite() => Some(format!(
+            "column {c:?}: {x}, expected an integer for input {:?} ({})",
+            spec.name,
+            spec.dtype.as_str()
+        )),
+        _ => None,
+    }
+}
+
+/// Why a row's list of column `c` cannot feed `spec`: `row` is its length
+/// and whether it holds a NaN, `None` for a null list.
+pub(crate) fn list_problem(
+    spec: &TensorSpec,
+    c: &str,
+    row: Option<(usize, bool)>,
+    batched: bool,
+    strict: Strictness,
+) -> Option<String> {
+    let Some((len, has_nan)) = row else {
+        return Some(format!(
+            "column {c:?}: null, expected a list for input {:?}",
+            spec.name
+        ));
+    };
+    if let Some(w) = row_width(spec, batched) {
+        if len != w {
+            return Some(format!(
+                "column {c:?}: {len} values, expected {w} for input {:?} of shape {:?}",
+                spec.name, spec.shape
+            ));
+        }
+    }
+    if has_nan && !strict.allow_nan {
+        return Some(format!(
+            "column {c:?}: a NaN or null element, expected numbers for input {:?} (--allow-nan accepts NaN)",
+            spec.name
+        ));
+    }
+    None
 }
 
 /// The tensor of `rows` of the table for one mapped input. The rows have
@@ -135,13 +161,7 @@ pub fn tensor_of(
 ) -> Result<Tensor, TensorError> {
     let n = rows.len();
     let spec = &m.spec;
-    let mut shape: Vec<i64> = if batched {
-        std::iter::once(n as i64)
-            .chain(spec.shape[1..].iter().copied())
-            .collect()
-    } else {
-        spec.shape.clone()
-    };
+    let mut shape = batch_shape(&spec.shape, n, batched);
     let width = cols.columns.len();
     match &m.columns {
         TensorColumns::Tabular(_) => {
@@ -197,8 +217,19 @@ pub fn tensor_of(
     }
 }
 
+/// The shape of `n` rows of an input of shape `shape`.
+pub(crate) fn batch_shape(shape: &[i64], n: usize, batched: bool) -> Vec<i64> {
+    if batched {
+        std::iter::once(n as i64)
+            .chain(shape[1..].iter().copied())
+            .collect()
+    } else {
+        shape.to_vec()
+    }
+}
+
 /// A free dimension after the batch takes what the rows hold.
-fn fix_free_dims(shape: &mut [i64], rows: usize, per_row: usize) {
+pub(crate) fn fix_free_dims(shape: &mut [i64], rows: usize, per_row: usize) {
     let known: i64 = shape[1..].iter().filter(|&&d| d >= 0).product();
     let free = shape[1..].iter().filter(|&&d| d < 0).count();
     for d in shape[1..].iter_mut() {
@@ -216,7 +247,11 @@ fn fix_free_dims(shape: &mut [i64], rows: usize, per_row: usize) {
 }
 
 /// Numbers as a tensor of `dtype`.
-fn encode(dtype: DataType, shape: Vec<i64>, vals: &[f64]) -> Result<Tensor, TensorError> {
+pub(crate) fn encode(
+    dtype: DataType,
+    shape: Vec<i64>,
+    vals: &[f64],
+) -> Result<Tensor, TensorError> {
     let mut out: Vec<u8> = Vec::with_capacity(vals.len() * dtype.element_size().unwrap_or(8));
     for &x in vals {
         match dtype {

@@ -218,6 +218,40 @@ pub fn table_of(batch: &RecordBatch) -> Result<Table, UnsupportedColumn> {
     Ok(part)
 }
 
+/// An empty table with `schema`'s columns, each of the kind [`table_of`]
+/// would make of it: what mapping columns to tensors needs, without
+/// converting any value.
+pub fn schema_table(schema: &arrow_schema::Schema) -> Result<Table, UnsupportedColumn> {
+    let mut columns = Vec::new();
+    for field in schema.fields() {
+        let ty = field.data_type();
+        let column = match ty {
+            _ if is_number(ty) => Column::Scalar(Values::Numeric(Vec::new())),
+            ArrowType::Timestamp(..) | ArrowType::Date32 | ArrowType::Date64 => {
+                Column::Scalar(Values::Numeric(Vec::new()))
+            }
+            ArrowType::Utf8
+            | ArrowType::LargeUtf8
+            | ArrowType::Utf8View
+            | ArrowType::Binary
+            | ArrowType::LargeBinary => Column::Scalar(Values::Text(Vec::new())),
+            ArrowType::List(f) | ArrowType::LargeList(f) | ArrowType::FixedSizeList(f, _)
+                if is_number(f.data_type()) =>
+            {
+                Column::List(Vec::new())
+            }
+            other => {
+                return Err(UnsupportedColumn {
+                    column: field.name().clone(),
+                    found: other.to_string(),
+                })
+            }
+        };
+        columns.push((field.name().clone(), column));
+    }
+    Ok(Table { columns, rows: 0 })
+}
+
 fn column_of(array: &ArrayRef) -> Result<Column, String> {
     let ty = array.data_type();
     if is_number(ty) {
