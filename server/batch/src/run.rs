@@ -180,12 +180,17 @@ pub fn run(
         let out_path = opts.output.join(&out_name);
         let errors_name = files::with_extension(&file.name, "errors.jsonl");
         let errors_path = opts.output.join(&errors_name);
-        let input_hash = sha256_file(&file.path)
-            .map(|(h, _)| h)
-            .map_err(|e| BatchError::Read {
-                path: file.path.clone(),
-                message: e.to_string(),
-            })?;
+        // Only for the ledger: a summary-only run keeps none.
+        let input_hash = if opts.summary_only {
+            String::new()
+        } else {
+            sha256_file(&file.path)
+                .map(|(h, _)| h)
+                .map_err(|e| BatchError::Read {
+                    path: file.path.clone(),
+                    message: e.to_string(),
+                })?
+        };
         if !opts.summary_only {
             if let Some(e) = ledger.finished(
                 &file.name,

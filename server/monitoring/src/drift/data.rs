@@ -218,32 +218,47 @@ pub fn table_of(batch: &RecordBatch) -> Result<Table, UnsupportedColumn> {
     Ok(part)
 }
 
+/// What a column of an Arrow type becomes in a [`Table`]; `None` for a
+/// type it cannot hold. One decision for [`table_of`] and [`schema_table`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Number,
+    /// Microseconds (or the file's unit) since the epoch, as numbers.
+    Time,
+    Text,
+    Binary,
+    List,
+}
+
+fn kind_of(ty: &ArrowType) -> Option<Kind> {
+    match ty {
+        _ if is_number(ty) => Some(Kind::Number),
+        ArrowType::Timestamp(..) | ArrowType::Date32 | ArrowType::Date64 => Some(Kind::Time),
+        ArrowType::Utf8 | ArrowType::LargeUtf8 | ArrowType::Utf8View => Some(Kind::Text),
+        ArrowType::Binary | ArrowType::LargeBinary => Some(Kind::Binary),
+        ArrowType::List(f) | ArrowType::LargeList(f) | ArrowType::FixedSizeList(f, _)
+            if is_number(f.data_type()) =>
+        {
+            Some(Kind::List)
+        }
+        _ => None,
+    }
+}
+
 /// An empty table with `schema`'s columns, each of the kind [`table_of`]
 /// would make of it: what mapping columns to tensors needs, without
 /// converting any value.
 pub fn schema_table(schema: &arrow_schema::Schema) -> Result<Table, UnsupportedColumn> {
     let mut columns = Vec::new();
     for field in schema.fields() {
-        let ty = field.data_type();
-        let column = match ty {
-            _ if is_number(ty) => Column::Scalar(Values::Numeric(Vec::new())),
-            ArrowType::Timestamp(..) | ArrowType::Date32 | ArrowType::Date64 => {
-                Column::Scalar(Values::Numeric(Vec::new()))
-            }
-            ArrowType::Utf8
-            | ArrowType::LargeUtf8
-            | ArrowType::Utf8View
-            | ArrowType::Binary
-            | ArrowType::LargeBinary => Column::Scalar(Values::Text(Vec::new())),
-            ArrowType::List(f) | ArrowType::LargeList(f) | ArrowType::FixedSizeList(f, _)
-                if is_number(f.data_type()) =>
-            {
-                Column::List(Vec::new())
-            }
-            other => {
+        let column = match kind_of(field.data_type()) {
+            Some(Kind::Number | Kind::Time) => Column::Scalar(Values::Numeric(Vec::new())),
+            Some(Kind::Text | Kind::Binary) => Column::Scalar(Values::Text(Vec::new())),
+            Some(Kind::List) => Column::List(Vec::new()),
+            None => {
                 return Err(UnsupportedColumn {
                     column: field.name().clone(),
-                    found: other.to_string(),
+                    found: field.data_type().to_string(),
                 })
             }
         };
@@ -253,24 +268,23 @@ pub fn schema_table(schema: &arrow_schema::Schema) -> Result<Table, UnsupportedC
 }
 
 fn column_of(array: &ArrayRef) -> Result<Column, String> {
-    let ty = array.data_type();
-    if is_number(ty) {
-        return Ok(Column::Scalar(Values::Numeric(numbers(array)?)));
-    }
-    match ty {
-        // Microseconds (or the file's unit) since the epoch, as numbers.
-        ArrowType::Timestamp(..) | ArrowType::Date32 | ArrowType::Date64 => {
+    let Some(kind) = kind_of(array.data_type()) else {
+        return Err(array.data_type().to_string());
+    };
+    match kind {
+        Kind::Number => Ok(Column::Scalar(Values::Numeric(numbers(array)?))),
+        Kind::Time => {
             let i = arrow_cast::cast(array, &ArrowType::Int64).map_err(|e| e.to_string())?;
             Ok(Column::Scalar(Values::Numeric(numbers(&i)?)))
         }
-        ArrowType::Utf8 | ArrowType::LargeUtf8 | ArrowType::Utf8View => {
+        Kind::Text => {
             let s = arrow_cast::cast(array, &ArrowType::Utf8).map_err(|e| e.to_string())?;
             let s = s.as_string::<i32>();
             Ok(Column::Scalar(Values::Text(
                 s.iter().map(|v| v.map(str::to_string)).collect(),
             )))
         }
-        ArrowType::Binary | ArrowType::LargeBinary => {
+        Kind::Binary => {
             let s = arrow_cast::cast(array, &ArrowType::Binary).map_err(|e| e.to_string())?;
             let s = s.as_binary::<i32>();
             Ok(Column::Scalar(Values::Text(
@@ -279,9 +293,7 @@ fn column_of(array: &ArrayRef) -> Result<Column, String> {
                     .collect(),
             )))
         }
-        ArrowType::List(f) | ArrowType::LargeList(f) | ArrowType::FixedSizeList(f, _)
-            if is_number(f.data_type()) =>
-        {
+        Kind::List => {
             let list = arrow_cast::cast(
                 array,
                 &ArrowType::List(Arc::new(arrow_schema::Field::new_list_field(
@@ -303,7 +315,6 @@ fn column_of(array: &ArrayRef) -> Result<Column, String> {
             }
             Ok(Column::List(out))
         }
-        other => Err(other.to_string()),
     }
 }
 
