@@ -12,11 +12,14 @@ mod batch;
 mod drift;
 mod drift_html;
 mod endpoints;
+mod health;
 mod import_triton;
 mod in_process;
+mod model_dir;
 mod models;
 mod opencl;
 mod output;
+mod package;
 mod python;
 mod register;
 mod repo;
@@ -141,6 +144,19 @@ enum Command {
     /// are skipped) and shardable (--shard K/N). Exits 1 when a file
     /// failed or --error-threshold stopped the run.
     Batch(batch::BatchArgs),
+    /// Write an OCI image archive of this binary, its runtime libraries and
+    /// chosen model versions, without a container engine.
+    ///
+    /// Layers are deterministic gzip'd tars (sorted, fixed timestamps from
+    /// SOURCE_DATE_EPOCH or 1970, fixed owners), so the same inputs give
+    /// the same digest. The image runs `ferroserve serve --repo /models` as
+    /// user 1000 on ports 8000 (HTTP), 8001 (gRPC) and 8002 (metrics), and
+    /// is labelled with the models, their versions and content hashes.
+    Package(package::PackageArgs),
+    /// Ask a running server whether it is ready (GET /v2/health/ready) or,
+    /// with --live, live: exits 0 on 200, 1 otherwise. For a container's
+    /// HEALTHCHECK, where no curl is installed.
+    Health(health::HealthArgs),
     /// OpenCL devices and kernels: list devices, build a program binary for
     /// a bundle, or write the kernel source for an FPGA offline compiler.
     Opencl {
@@ -195,6 +211,8 @@ fn run(command: Command) -> Result<bool> {
         Command::Baseline(a) => baseline::run(a).map(|()| true),
         Command::Drift(a) => drift::run(a),
         Command::Batch(a) => batch::run(a),
+        Command::Health(a) => health::run(a),
+        Command::Package(a) => package::run(a).map(|()| true),
         Command::Opencl { command } => {
             opencl::run(command)?;
             Ok(true)

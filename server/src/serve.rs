@@ -24,6 +24,7 @@ use ferroserve_registry as registry;
 use ferroserve_registry::events::{BusConfig, EventBus};
 use hyper_util::service::TowerToHyperService;
 
+use crate::model_dir;
 use crate::python::PythonArgs;
 use crate::webhook_args::WebhookArgs;
 
@@ -59,6 +60,18 @@ pub struct ServeArgs {
     /// gRPC port (inference.GRPCInferenceService); 0 picks a free port.
     #[arg(long, default_value_t = 8001)]
     pub grpc_port: u16,
+    /// A port serving GET /metrics alone (Triton's 8002), for scrapers a
+    /// network policy keeps off the inference ports; /metrics stays on the
+    /// HTTP port too. Unset: no such port.
+    #[arg(long, value_name = "PORT")]
+    pub metrics_port: Option<u16>,
+    /// The name to serve a KServe model directory's model under (KServe's
+    /// runtimes take the InferenceService name so): --repo may then be a
+    /// bare model.onnx (or a folder holding one), one bundle folder, a
+    /// Triton model folder, or a repository of one model, each served as
+    /// /v2/models/NAME; a repository of several models must hold NAME.
+    #[arg(long, value_name = "NAME")]
+    pub model_name: Option<String>,
     /// Largest gRPC message accepted or sent, in bytes; a larger request
     /// message gets RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 64 << 20, help_heading = "Limits")]
@@ -74,9 +87,16 @@ pub struct ServeArgs {
     /// arrived; a slower body gets 408 and the connection is closed.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits")]
     pub body_read_timeout_s: u64,
-    /// Seconds to let in-flight requests finish after SIGTERM/SIGINT.
+    /// Seconds to let in-flight requests finish after SIGTERM/SIGINT (and
+    /// after --shutdown-delay-s).
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace_s: u64,
+    /// Seconds to go on accepting and serving after SIGTERM/SIGINT, already
+    /// unready, before the drain starts: the time load balancers (a
+    /// Kubernetes Service's endpoints) take to stop sending. A second
+    /// signal cuts it short.
+    #[arg(long, default_value_t = 0)]
+    pub shutdown_delay_s: u64,
 
     /// Seconds an HTTP/1 client has to send a complete request head (also
     /// bounds the wait for the next request on a keep-alive connection).
@@ -147,7 +167,7 @@ pub struct ServeArgs {
     pub python: PythonArgs,
 }
 
-pub fn run(args: ServeArgs) -> Result<()> {
+pub fn run(mut args: ServeArgs) -> Result<()> {
     // Configuration errors first: a bad token file or certificate should not
     // wait for the models to load.
     let auth = AuthPolicy::from_config(
@@ -174,6 +194,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     log_security(&auth, tls.is_some());
     warn_if_few_file_descriptors(args.max_connections);
+    // KServe's layouts (a bare model, one bundle) become a repository
+    // staged under the temporary folder; `_staged` removes it at exit.
+    let _staged = model_dir::resolve(&args.repo, args.model_name.as_deref())?;
+    if let Some(staged) = &_staged {
+        tracing::info!(from = %args.repo.display(), repository = %staged.repo().display(), "serving a model directory through a staged repository");
+        args.repo = staged.repo().to_path_buf();
+    }
     let lib = ferroserve_runtime::onnxruntime::init()?;
     tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
     args.python.configure()?;
@@ -314,6 +341,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         };
         let http = bind(args.http_port, "--http-port").await?;
         let grpc = bind(args.grpc_port, "--grpc-port").await?;
+        let metrics_port = match args.metrics_port {
+            Some(port) => Some(bind(port, "--metrics-port").await?),
+            None => None,
+        };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = move || {
             let mut rx = stop_rx.clone();
@@ -337,6 +368,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         deployer.watch(Duration::from_millis(args.poll_interval_ms));
         tracing::info!("HTTP server listening on {}", http.local_addr()?);
         tracing::info!("gRPC server listening on {}", grpc.local_addr()?);
+        if let Some(m) = &metrics_port {
+            tracing::info!("metrics server listening on {}", m.local_addr()?);
+        }
         let grace = Duration::from_secs(args.shutdown_grace_s);
         let grpc_service = ferroserve_frontend::grpc::service(
             Arc::clone(&state),
@@ -344,7 +378,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 max_message_bytes: args.max_grpc_message_bytes,
             },
         );
-        let signal = shutdown_signal(signals, Arc::clone(&state));
+        let signal = shutdown_signal(
+            signals,
+            Arc::clone(&state),
+            Duration::from_secs(args.shutdown_delay_s),
+        );
         let state_for_signal = Arc::clone(&state);
         tokio::join!(
             ferroserve_frontend::http::serve(
@@ -361,6 +399,18 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 stopped(),
                 grace
             ),
+            async {
+                if let Some(m) = metrics_port {
+                    ferroserve_frontend::http::serve_metrics(
+                        m,
+                        Arc::clone(&state),
+                        &conn_opts,
+                        stopped(),
+                        grace,
+                    )
+                    .await;
+                }
+            },
             async move {
                 signal.await;
                 // Ends event streams first: an open one would otherwise
@@ -443,12 +493,28 @@ impl ShutdownSignals {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT, after marking the server not ready.
-async fn shutdown_signal(mut signals: ShutdownSignals, state: Arc<AppState>) {
+/// Resolves once the drain should start: on SIGTERM or SIGINT the server
+/// turns unready at once, then goes on serving for `delay` (cut short by a
+/// second signal), as Kubernetes needs while it takes the pod out of its
+/// Services' endpoints.
+async fn shutdown_signal(mut signals: ShutdownSignals, state: Arc<AppState>, delay: Duration) {
     tokio::select! {
         _ = signals.term.recv() => {},
         _ = signals.int.recv() => {},
     }
     state.ready.store(false, Ordering::Release);
-    tracing::info!("shutdown signal received: no longer ready, draining in-flight requests");
+    if delay.is_zero() {
+        tracing::info!("shutdown signal received: no longer ready, draining in-flight requests");
+        return;
+    }
+    tracing::info!(
+        delay_s = delay.as_secs_f64(),
+        "shutdown signal received: no longer ready; serving on until the delay ends, then draining"
+    );
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {},
+        _ = signals.term.recv() => tracing::info!("second signal: draining now"),
+        _ = signals.int.recv() => tracing::info!("second signal: draining now"),
+    }
+    tracing::info!("shutdown delay over: no longer accepting, draining in-flight requests");
 }

@@ -29,7 +29,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("registry", &["ferroserve-registry"]),
     ("monitoring", &["ferroserve-monitoring"]),
     ("server", &["ferroserve-frontend"]),
-    ("tools", &["ferroserve-loadtest", "ferroserve-batch"]),
+    (
+        "tools",
+        &[
+            "ferroserve-loadtest",
+            "ferroserve-batch",
+            "ferroserve-package",
+        ],
+    ),
     ("binary", &["ferroserve"]),
 ];
 

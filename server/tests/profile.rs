@@ -88,6 +88,8 @@ fn a_short_profile_reports_what_it_measured_and_recommends_within_it() {
             "8s",
             "--slo-p99",
             "200ms",
+            "--emit",
+            "k8s",
             "--repo",
         ])
         .arg(repo.path())
@@ -144,6 +146,27 @@ fn a_short_profile_reports_what_it_measured_and_recommends_within_it() {
         rec["cpu_millicores"].as_u64().unwrap() as f64
             >= chosen["cpu_cores_peak"].as_f64().unwrap() * 1000.0
     );
+
+    // --emit k8s: the Deployment beside the report, sized as recommended
+    // (tests/python/test_manifests.py validates such a file against the
+    // Kubernetes schema).
+    let manifest = out.path().join("k8s-deployment.yaml");
+    assert!(
+        stdout.contains(&format!("wrote {}", manifest.display())),
+        "{stdout}"
+    );
+    let manifest = std::fs::read_to_string(&manifest).unwrap();
+    assert!(manifest.contains("kind: Deployment"), "{manifest}");
+    for key in ["cpu", "memory"] {
+        // requests and limits of the server container (a whole number of
+        // cores is a quoted string: '2').
+        let want = format!("{key}: {}", rec[key].as_str().unwrap());
+        let found = manifest
+            .lines()
+            .filter(|l| l.trim().replace(['\'', '"'], "") == want)
+            .count();
+        assert!(found >= 2, "{want} in\n{manifest}");
+    }
 
     let html = std::fs::read_to_string(out.path().join("report.html")).unwrap();
     assert_eq!(html.matches("<svg").count(), 4, "four charts");

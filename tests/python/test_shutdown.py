@@ -210,3 +210,68 @@ def test_sigterm_lets_queued_requests_finish(start_server, make_repo):
         assert isinstance(r, ferro.Response), f"request {i}: {r!r}\n{srv.log(30)}"
         assert r.status == 200, (i, r.status, r.body[:300])
         ferro.assert_tensor("FP32", ferro.decode_infer(r).as_numpy("probabilities"), reqs[i][2]["probabilities"], f"request {i}")
+
+
+def test_sigterm_with_a_delay_turns_unready_serves_on_then_drains(start_server, make_repo):
+    """Kubernetes' order: on SIGTERM readiness turns 503 at once while the
+    server goes on accepting new connections and answering for
+    --shutdown-delay-s (the endpoints controller and the load balancers
+    catch up meanwhile); then it drains what is in flight and exits 0.
+    Load runs throughout, from keep-alive connections and from a fresh
+    connection per request."""
+    delay = 3.0
+    srv = start_server(make_repo({"mlp": None}), "--shutdown-delay-s", str(int(delay)), "--metrics-port", "0")
+    rng = np.random.default_rng(11)
+    work = []
+    for k in range(4):
+        feeds = ferro.random_inputs(rng, "mlp", 1 + k)
+        body, headers = ferro.encode_infer(feeds, "mlp", True, True)
+        work.append(("mlp", body, headers, ferro.model_ref("mlp").run(feeds)))
+    tally = Tally()
+    stop, signalled = threading.Event(), threading.Event()
+    threads = [
+        threading.Thread(target=_load, args=(srv.addr, t, stop, signalled, tally, work), daemon=True)
+        for t in range(4)
+    ]
+    for th in threads:
+        th.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and tally.ok < 100 and not tally.bad_status:
+        time.sleep(0.02)
+
+    signalled.set()
+    srv.terminate()
+    t0 = time.monotonic()
+    # readiness flips first: within the delay, and before anything is refused
+    ready_status = None
+    while time.monotonic() - t0 < delay:
+        ready_status = ferro.request(srv.addr, "GET", "/v2/health/ready", timeout=5).status
+        if ready_status == 503:
+            break
+        time.sleep(0.01)
+    flipped_at = time.monotonic() - t0
+    assert ready_status == 503, f"readiness still {ready_status} {flipped_at:.2f} s after SIGTERM"
+    # unready, yet new connections are accepted and answered, and live stays 200
+    fresh_ok = 0
+    while time.monotonic() - t0 < delay - 1.0:
+        model, body, headers, want = work[fresh_ok % len(work)]
+        resp = ferro.request(srv.addr, "POST", ferro.infer_path(model), body, headers, timeout=10)
+        assert resp.status == 200, (resp.status, resp.body[:200])
+        ferro.assert_tensor("FP32", ferro.decode_infer(resp).as_numpy("probabilities"), want["probabilities"], "fresh")
+        fresh_ok += 1
+    assert ferro.request(srv.addr, "GET", "/v2/health/live", timeout=5).status == 200
+    with tally.lock:
+        ok_in_window = tally.ok
+    rc = srv.wait(timeout=60)
+    stop.set()
+    for th in threads:
+        th.join(60)
+    summary = (f"ok={tally.ok}, fresh-connection ok during the delay={fresh_ok}, refused={tally.refused}, "
+               f"closed before a response={tally.no_response}, non-200={tally.bad_status[:3]}, other={tally.other[:3]}")
+    assert rc == 0, f"exit code {rc}\n{summary}\n{srv.log()}"
+    assert fresh_ok > 0, summary
+    assert ok_in_window > tally.ok_before_signal, f"keep-alive clients got nothing after SIGTERM: {summary}"
+    assert not tally.bad_status and not tally.other, summary
+    assert tally.no_response <= 2 * len(threads), summary
+    log = srv.log()
+    assert "serving on until the delay ends" in log and "shutdown delay over" in log, log

@@ -10,6 +10,7 @@
 //! path and never touches the user's registry.
 
 pub mod device;
+pub mod emit;
 pub mod recommend;
 pub mod report;
 pub mod sampler;
@@ -32,7 +33,7 @@ const CATALOG: &str = include_str!("../../../profiles/catalog.json");
 const CONCURRENCY: [usize; 4] = [1, 4, 16, 64];
 
 #[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("target").required(true).args(["repo", "url"]))]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["repo", "url", "report"]))]
 pub struct ProfileArgs {
     /// Model repository holding the model: it is served from a scratch copy
     /// on a loopback port, and every configuration is tried.
@@ -46,8 +47,8 @@ pub struct ProfileArgs {
     #[arg(long)]
     pub pid: Option<u32>,
     /// The model to profile (its newest registered version).
-    #[arg(long)]
-    pub model: String,
+    #[arg(long, required_unless_present = "report")]
+    pub model: Option<String>,
     /// A JSON file of one v2 request or a list; default: random inputs
     /// shaped from the model's metadata.
     #[arg(long, value_name = "FILE")]
@@ -59,8 +60,18 @@ pub struct ProfileArgs {
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     pub budget: Duration,
     /// Where the report goes (default: profiles/reports/MODEL-TIMESTAMP).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "report")]
     pub out: Option<PathBuf>,
+    /// Also write, beside the report, manifests filled with the
+    /// recommendation: `k8s` writes k8s-deployment.yaml, the project's
+    /// Kubernetes Deployment (docker/k8s/deployment.yaml) with the server
+    /// container's resources set to the recommended CPU and memory.
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub emit: Vec<emit::Emit>,
+    /// Do not profile: read a saved report (its folder or its report.json),
+    /// print its summary and write what --emit asks for beside it.
+    #[arg(long, value_name = "DIR|report.json")]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -266,8 +277,35 @@ async fn served_config(addr: SocketAddr, model: &str) -> Result<(u64, Config), P
     ))
 }
 
-/// Runs the profile; returns the report (also written out) and where.
+/// Runs the profile (or reads a saved one, with `--report`) and writes what
+/// `--emit` asks for; returns the report (also written out) and its folder.
 pub fn run(args: ProfileArgs) -> Result<(Report, PathBuf), ProfileError> {
+    let (mut report, out) = match &args.report {
+        Some(path) => {
+            let (report, dir) = emit::read_report(path).map_err(err)?;
+            if let Some(m) = args.model.as_deref().filter(|m| *m != report.model) {
+                return Err(err(format!(
+                    "--model {m}: the report {} is the profile of {}",
+                    path.display(),
+                    report.model
+                )));
+            }
+            (report, dir)
+        }
+        None => profile(&args)?,
+    };
+    for &what in &args.emit {
+        let path = emit::write(what, &report, &out).map_err(err)?;
+        report.emitted.push(path);
+    }
+    Ok((report, out))
+}
+
+fn profile(args: &ProfileArgs) -> Result<(Report, PathBuf), ProfileError> {
+    let model = args
+        .model
+        .as_deref()
+        .ok_or_else(|| err("--model is required to profile"))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -278,7 +316,7 @@ pub fn run(args: ProfileArgs) -> Result<(Report, PathBuf), ProfileError> {
     // configuration is left as it is).
     let (_scratch, server, addr, pid, version, mut configs) = match (&args.repo, &args.url) {
         (Some(repo), _) => {
-            let (scratch, version, manifest) = scratch_copy(repo, &args.model)?;
+            let (scratch, version, manifest) = scratch_copy(repo, model)?;
             let server = start_server(scratch.path())?;
             let (addr, pid) = (server.addr, server.child.id());
             let configs = grid(&manifest, cores);
@@ -287,7 +325,7 @@ pub fn run(args: ProfileArgs) -> Result<(Report, PathBuf), ProfileError> {
         (None, Some(url)) => {
             let addr = crate::command::address(url).map_err(|e| err(e.to_string()))?;
             let pid = args.pid.ok_or_else(|| err("--url needs --pid"))?;
-            let (version, config) = rt.block_on(served_config(addr, &args.model))?;
+            let (version, config) = rt.block_on(served_config(addr, model))?;
             (None, None, addr, pid, version, vec![config])
         }
         (None, None) => return Err(err("give --repo or --url")),
@@ -313,7 +351,7 @@ pub fn run(args: ProfileArgs) -> Result<(Report, PathBuf), ProfileError> {
 
     let kernel_totals = |rt: &tokio::runtime::Runtime| -> device::Totals {
         match rt.block_on(http(addr, &RequestSpec::get("/metrics".to_string()))) {
-            Ok((200, body)) => device::Totals::parse(&String::from_utf8_lossy(&body), &args.model),
+            Ok((200, body)) => device::Totals::parse(&String::from_utf8_lossy(&body), model),
             _ => device::Totals::default(),
         }
     };
@@ -321,7 +359,7 @@ pub fn run(args: ProfileArgs) -> Result<(Report, PathBuf), ProfileError> {
     let profile_start = kernel_totals(&rt);
     let sampler = sampler::Sampler::start(pid, origin, Duration::from_millis(100));
     let own_server = server.is_some();
-    let model = args.model.clone();
+    let model = model.to_string();
     let inputs = match &args.input {
         Some(p) => ferroserve_protocol::samples::read(p).map_err(err)?,
         None => {
@@ -419,8 +457,7 @@ pub fn run(args: ProfileArgs) -> Result<(Report, PathBuf), ProfileError> {
     };
 
     eprintln!(
-        "profiling {} version {version}: {} configurations x {} concurrencies, {:.1} s each",
-        args.model,
+        "profiling {model} version {version}: {} configurations x {} concurrencies, {:.1} s each",
         configs.len(),
         concurrency.len(),
         per_run.as_secs_f64()
@@ -470,7 +507,7 @@ pub fn run(args: ProfileArgs) -> Result<(Report, PathBuf), ProfileError> {
     };
     let report = Report {
         schema_version: report::SCHEMA_VERSION,
-        model: args.model.clone(),
+        model: model.clone(),
         version,
         slo_p99_ms: slo_ms,
         budget_s: args.budget.as_secs_f64(),
@@ -479,12 +516,13 @@ pub fn run(args: ProfileArgs) -> Result<(Report, PathBuf), ProfileError> {
         timeline,
         recommendation,
         device,
+        emitted: Vec::new(),
     };
     let out = match &args.out {
         Some(o) => o.clone(),
         None => PathBuf::from("profiles/reports").join(format!(
             "{}-{}",
-            args.model,
+            model,
             ferroserve_registry::now_rfc3339().replace(':', "")
         )),
     };
@@ -537,9 +575,18 @@ pub fn print(report: &Report, out: &Path) {
         }
         None => println!("no run succeeded without errors: nothing to recommend"),
     }
-    println!(
-        "report: {} and {}",
-        out.join("report.json").display(),
-        out.join("report.html").display()
-    );
+    let html = out.join("report.html");
+    if html.is_file() {
+        println!(
+            "report: {} and {}",
+            out.join("report.json").display(),
+            html.display()
+        );
+    } else {
+        // A saved report (--report) whose page was not kept.
+        println!("report: {}", out.join("report.json").display());
+    }
+    for path in &report.emitted {
+        println!("wrote {}", path.display());
+    }
 }

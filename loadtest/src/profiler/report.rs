@@ -31,6 +31,9 @@ pub struct Report {
     /// measure their device (OpenCL); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<super::device::DeviceProfile>,
+    /// Files `--emit` wrote beside the report (not part of report.json).
+    #[serde(skip)]
+    pub emitted: Vec<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -481,6 +484,7 @@ mod tests {
                 .collect(),
             recommendation: None,
             device: None,
+            emitted: Vec::new(),
         }
     }
 

@@ -30,3 +30,17 @@ pub async fn serve(
     let service = service_fn(move |req| routes::handle_any(Arc::clone(&state), req));
     listener::serve(listener, service, opts, shutdown, grace).await;
 }
+
+/// Serves `GET /metrics` alone on its own port (Triton's 8002), until
+/// `shutdown` resolves. Shares the connection limits and accept loop of the
+/// other ports.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    opts: &ConnOptions,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
+    let service = service_fn(move |req| routes::handle_metrics_only(Arc::clone(&state), req));
+    listener::serve(listener, service, opts, shutdown, grace).await;
+}

@@ -49,6 +49,23 @@ pub async fn handle_any(
     handle(state, req).await.map(|r| r.map(Either::Left))
 }
 
+/// The metrics port's whole surface: `GET /metrics` and nothing else, so a
+/// scraper (or a network policy that lets only scrapers in) sees no model.
+pub async fn handle_metrics_only(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path();
+    Ok(match (path.trim_end_matches('/'), req.method()) {
+        ("/metrics", &Method::GET) => metrics(&state),
+        ("/metrics", method) => method_not_allowed(method, path),
+        _ => reply::error(
+            StatusCode::NOT_FOUND,
+            &format!("no route for {path}: this port serves GET /metrics only"),
+        ),
+    })
+}
+
 pub async fn handle(
     state: Arc<AppState>,
     req: Request<Incoming>,
