@@ -53,7 +53,15 @@ pub fn run(args: HealthArgs) -> Result<bool> {
             Ok(false)
         }
         Ok(Err(e)) => {
-            eprintln!("{url}: {e}");
+            // hyper-util's error says "client error (Connect)"; the cause
+            // (connection refused, ...) is in its sources.
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                why.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            eprintln!("{url}: {why}");
             Ok(false)
         }
         Err(_) => {

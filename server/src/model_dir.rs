@@ -42,11 +42,19 @@ enum Layout {
 /// where `dir` is served as it is.
 pub fn resolve(dir: &Path, model_name: Option<&str>) -> Result<Option<Staged>> {
     let layout = layout_of(dir)?;
+    // Every name becomes a folder of the staged repository: checked,
+    // whether it came from the flag, a manifest or a file name.
     let name = |fallback: &dyn Fn() -> Result<String>| -> Result<String> {
-        match model_name {
-            Some(n) => Ok(n.to_string()),
-            None => fallback(),
-        }
+        let (n, from) = match model_name {
+            Some(n) => (n.to_string(), "--model-name".to_string()),
+            None => (
+                fallback()?,
+                format!("the model name taken from {}", dir.display()),
+            ),
+        };
+        ferroserve_registry::names::check_model_name(&n)
+            .map_err(|e| anyhow::anyhow!("{from} {n:?}: {e} (give --model-name)"))?;
+        Ok(n)
     };
     if let Some(n) = model_name {
         ferroserve_registry::names::check_model_name(n)
@@ -65,6 +73,21 @@ pub fn resolve(dir: &Path, model_name: Option<&str>) -> Result<Option<Staged>> {
             let version = staged.repo().join(&name).join("1");
             std::fs::create_dir_all(&version)?;
             link(&model, &version.join("model.onnx"))?;
+            // Files beside it: external weights (model.onnx.data), labels.
+            let folder = model.parent().unwrap_or(Path::new("."));
+            for entry in std::fs::read_dir(folder)
+                .with_context(|| format!("cannot read {}", folder.display()))?
+            {
+                let entry = entry?;
+                let file_name = entry.file_name();
+                if entry.path() != model
+                    && file_name != "model.onnx"
+                    && file_name != MANIFEST_FILE
+                    && !file_name.to_string_lossy().starts_with('.')
+                {
+                    link(&entry.path(), &version.join(&file_name))?;
+                }
+            }
             std::fs::write(
                 version.join(MANIFEST_FILE),
                 format!(
@@ -116,6 +139,11 @@ pub fn resolve(dir: &Path, model_name: Option<&str>) -> Result<Option<Staged>> {
                     }
                     Ok(Some(staged))
                 }
+                [] => bail!(
+                    "--model-name {wanted:?}: {} holds no model; expected a model.onnx, a bundle folder (bundle.toml), \
+                     a Triton model folder (config.pbtxt and version folders) or a repository of NAME/VERSION folders",
+                    dir.display()
+                ),
                 _ => bail!(
                     "--model-name {wanted:?}: the repository {} holds {} models ({}) and none of them is {wanted:?}; \
                      name one of them, or leave --model-name out to serve them all",

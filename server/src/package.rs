@@ -59,8 +59,12 @@ pub fn run(args: PackageArgs) -> Result<()> {
             .split_once('=')
             .filter(|(k, _)| !k.is_empty())
             .with_context(|| format!("--label {l:?}: expected KEY=VALUE"))?;
+        if k.starts_with("dev.ferroserve.") {
+            bail!("--label {k}: the dev.ferroserve. labels say what the image holds and are set by package itself");
+        }
         labels.insert(k.to_string(), v.to_string());
     }
+    check_tag(&args.tag)?;
     let created = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) => v
             .trim()
@@ -97,6 +101,12 @@ pub fn run(args: PackageArgs) -> Result<()> {
         }
         // What goes in the image is what was registered.
         let files = info.files.unwrap_or_default();
+        if files.is_empty() {
+            bail!(
+                "--model {m}: the registry records no files for {name}:{}; run `ferroserve repo check`",
+                info.version
+            );
+        }
         let mut listing = String::new();
         for f in &files {
             let path = dir.join(&f.path);
@@ -114,8 +124,12 @@ pub fn run(args: PackageArgs) -> Result<()> {
         let model_dir = args.repo.join(&name);
         let mut model_files = Vec::new();
         if model_dir.join("config.pbtxt").is_file() {
-            for e in std::fs::read_dir(&model_dir)? {
-                let p = e?.path();
+            let entries = std::fs::read_dir(&model_dir)
+                .with_context(|| format!("reading {}", model_dir.display()))?;
+            for e in entries {
+                let p = e
+                    .with_context(|| format!("reading {}", model_dir.display()))?
+                    .path();
                 if p.is_file() {
                     model_files.push(p);
                 }
@@ -126,6 +140,7 @@ pub fn run(args: PackageArgs) -> Result<()> {
             name,
             version: info.version,
             dir,
+            files: files.iter().map(|f| f.path.clone()).collect(),
             model_files,
             content_sha256: format!("{:x}", Sha256::digest(listing.as_bytes())),
         });
@@ -218,5 +233,22 @@ pub fn run(args: PackageArgs) -> Result<()> {
         args.out.display(),
         args.tag
     );
+    Ok(())
+}
+
+/// A Docker tag: what `skopeo`, `umoci` and `podman` take after the colon.
+fn check_tag(tag: &str) -> Result<()> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 128
+        && tag
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !ok {
+        bail!("--tag {tag:?}: expected a tag of letters, digits, '_', '.' and '-' (at most 128, not starting with '.' or '-')");
+    }
     Ok(())
 }

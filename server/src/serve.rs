@@ -62,7 +62,8 @@ pub struct ServeArgs {
     pub grpc_port: u16,
     /// A port serving GET /metrics alone (Triton's 8002), for scrapers a
     /// network policy keeps off the inference ports; /metrics stays on the
-    /// HTTP port too. Unset: no such port.
+    /// HTTP port too. It has 64 connections of its own, beyond
+    /// --max-connections. Unset: no such port.
     #[arg(long, value_name = "PORT")]
     pub metrics_port: Option<u16>,
     /// The name to serve a KServe model directory's model under (KServe's
@@ -404,7 +405,7 @@ pub fn run(mut args: ServeArgs) -> Result<()> {
                     ferroserve_frontend::http::serve_metrics(
                         m,
                         Arc::clone(&state),
-                        &conn_opts,
+                        &conn_opts.with_own_connection_limit(METRICS_CONNECTIONS),
                         stopped(),
                         grace,
                     )
@@ -476,6 +477,10 @@ fn warn_if_few_file_descriptors(max_connections: u64) {
         );
     }
 }
+
+/// Connections the metrics port takes, apart from --max-connections:
+/// enough for a few Prometheus replicas and a human with curl.
+const METRICS_CONNECTIONS: usize = 64;
 
 /// The SIGTERM and SIGINT streams, registered once at start-up.
 struct ShutdownSignals {

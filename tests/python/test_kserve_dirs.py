@@ -96,12 +96,42 @@ def test_triton_model_folder_and_single_model_repositories(start_server, tmp_pat
     assert snapshot(triton) == before
 
 
+def test_bare_model_with_external_weights(start_server, tmp_path):
+    """ONNX's external data (weights in a file beside model.onnx) is found."""
+    import onnx
+
+    mnt = tmp_path / "ext"
+    mnt.mkdir()
+    m = onnx.load(str(ferro.ensure_examples() / "mlp" / "1" / "model.onnx"))
+    onnx.save_model(m, str(mnt / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data", size_threshold=0)
+    assert (mnt / "model.onnx.data").stat().st_size > 1000
+    srv = start_server(mnt, "--model-name", "external")
+    check_served_as(srv, "external", "mlp")
+
+
+def test_names_from_the_files_are_checked(tmp_path):
+    ex = ferro.ensure_examples()
+    bundle = tmp_path / "b"
+    shutil.copytree(ex / "mlp" / "1", bundle)
+    toml = bundle / "bundle.toml"
+    toml.write_text(toml.read_text().replace('name = "mlp"', 'name = "../../escape"', 1))
+    p = ferro.cli("serve", "--repo", bundle, "--http-port", "0", "--grpc-port", "0", check=False, timeout=60)
+    assert p.returncode != 0
+    assert "give --model-name" in p.stderr and "escape" in p.stderr, p.stderr
+    assert not (tmp_path.parent / "escape").exists()
+
+
 def test_repository_of_several_models(start_server, tmp_path):
     repo = ferro.make_repo(tmp_path / "many", {"mlp": None, "conv": None})
+    before = snapshot(repo)
     srv = start_server(repo, "--model-name", "mlp")
     check_served_as(srv, "mlp", "mlp")
     check_served_as(srv, "conv", "conv")
     assert srv.stop(timeout=30) == 0
+    # served where it is, as always: only the registry appears
+    after = snapshot(repo)
+    assert {k: v for k, v in after.items() if not k.startswith("registry.db")} == before
     p = ferro.cli("serve", "--repo", repo, "--model-name", "nosuch", "--http-port", "0", "--grpc-port", "0",
                   check=False, timeout=60)
     assert p.returncode != 0

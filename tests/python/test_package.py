@@ -74,12 +74,14 @@ def skopeo_json(*args):
     return json.loads(p.stdout)
 
 
-def content_sha(version_dir: Path) -> str:
+def content_sha(version_dir: Path, unregistered: tuple[str, ...] = ()) -> str:
     """SHA-256 over `sha256  path` lines of every file, sorted by path: what
     the image's label must say (the registry records the same files)."""
     lines = []
     for f in sorted(p for p in version_dir.rglob("*") if p.is_file()):
         rel = f.relative_to(version_dir).as_posix()
+        if rel in unregistered:
+            continue
         lines.append(f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {rel}\n")
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
@@ -130,6 +132,7 @@ class Contained:
         i = args.index("--host")
         args[i + 1] = "127.0.0.1"
         root = bundle / "rootfs"
+        self.root = root
         self.mode = isolation_mode()
         self.lines: list[str] = []
         self.ready = threading.Event()
@@ -210,6 +213,22 @@ class Contained:
             self.proc.wait(30)
 
 
+def layer_tars(layout: Path):
+    """The uncompressed tar of each layer of the layout's one image."""
+    import gzip
+    import io
+    import tarfile
+
+    index = json.loads((layout / "index.json").read_text())
+    blob = lambda d: (layout / "blobs" / "sha256" / d.split(":", 1)[1]).read_bytes()  # noqa: E731
+    manifest = json.loads(blob(index["manifests"][0]["digest"]))
+    config = json.loads(blob(manifest["config"]["digest"]))
+    for layer in manifest["layers"]:
+        yield tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob(layer["digest"]))))
+    non_empty = [h for h in config["history"] if not h.get("empty_layer")]
+    assert len(non_empty) == len(manifest["layers"]) == len(config["rootfs"]["diff_ids"]), config["history"]
+
+
 def check_serving(c: Contained, http: int, metrics: int, models: list[str]):
     addr = ("127.0.0.1", http)
     assert ferro.request(addr, "GET", "/v2/health/ready").status == 200
@@ -233,6 +252,12 @@ def check_serving(c: Contained, http: int, metrics: int, models: list[str]):
     if c.mode == "namespace":
         assert uid_line.split()[1] == "1000", uid_line
     maps = Path(f"/proc/{pid}/maps").read_text()
+    rootfs = str(c.root)
+    for line in maps.splitlines():
+        path = line.split(maxsplit=5)[5] if len(line.split(maxsplit=5)) == 6 else ""
+        if ".so" in path:
+            assert path.startswith(rootfs) or path.startswith("/usr/local/lib/ferroserve/"), \
+                f"{path} is not one of the image's files"
     assert "/usr/local/lib/ferroserve/libonnxruntime.so" in maps, "ONNX Runtime not loaded from the image"
     assert "/.venv/" not in maps, "a library from the host's venv was loaded"
 
@@ -241,12 +266,14 @@ def test_package_is_reproducible_inspectable_and_runs(tools, tmp_path, make_repo
     repo = make_repo({"mlp": None, "conv": None})
     ferro.cli("repo", "check", "--repo", repo, check=False)  # the registry, from the folders
     ferro.cli("models", "alias", "--repo", repo, "conv", "prod", "1")
+    # a file nobody registered is not packaged
+    (repo / "mlp" / "1" / "stray.txt").write_text("not registered\n")
     a, b = tmp_path / "a.tar", tmp_path / "b.tar"
     out = json.loads(package("--repo", repo, "--model", "mlp", "--model", "conv@prod", "--out", a, "--json").stdout)
     out_b = json.loads(package("--repo", repo, "--model", "conv:1", "--model", "mlp:1", "--out", b, "--json").stdout)
     assert out["digest"] == out_b["digest"], "two runs on the same inputs gave different images"
     assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
-    assert not list(tmp_path.glob("*.partial"))
+    assert not list(tmp_path.glob("*partial"))
 
     # skopeo reads it
     info = skopeo_json("inspect", f"oci-archive:{a}")
@@ -256,7 +283,7 @@ def test_package_is_reproducible_inspectable_and_runs(tools, tmp_path, make_repo
     labels = info["Labels"]
     assert labels["dev.ferroserve.models"] == "conv:1,mlp:1"
     for model in ("mlp", "conv"):
-        assert labels[f"dev.ferroserve.model.{model}.1.sha256"] == content_sha(repo / model / "1"), model
+        assert labels[f"dev.ferroserve.model.{model}.1.sha256"] == content_sha(repo / model / "1", ("stray.txt",)), model
     assert labels["org.opencontainers.image.title"] == "ferroserve"
     assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
     assert len(info["Layers"]) == 5, info["Layers"]  # system, libraries, binary, two models
@@ -278,6 +305,16 @@ def test_package_is_reproducible_inspectable_and_runs(tools, tmp_path, make_repo
     assert (rootfs / "usr/local/bin/ferroserve").is_file()
     assert (rootfs / "models/mlp/1/model.onnx").read_bytes() == (repo / "mlp/1/model.onnx").read_bytes()
     assert not (rootfs / "models/registry.db").exists(), "the source registry must not be copied"
+    assert not (rootfs / "models/mlp/1/stray.txt").exists(), "an unregistered file was packaged"
+    # /models belongs to the server's user in every layer that lists it (the upper one wins)
+    seen = 0
+    for tar in layer_tars(tmp_path / "ferroserve-layout"):
+        for m in tar.getmembers():
+            if m.name.rstrip("/") == "models":
+                assert (m.uid, m.gid) == (1000, 1000), (m.name, m.uid)
+                seen += 1
+            assert m.mtime == int(EPOCH), (m.name, m.mtime)
+    assert seen == 3, seen  # the system layer and both model layers
     ports = {"--http-port": free_port(), "--grpc-port": free_port(), "--metrics-port": free_port()}
     c = Contained(bundle, ports)
     try:
@@ -301,6 +338,7 @@ def test_package_is_reproducible_inspectable_and_runs(tools, tmp_path, make_repo
     assert len(info_c["Layers"]) == 9
     assert info_c["Labels"]["dev.ferroserve.models"] == "mlp:1"
     bundle_c = unpack(c_tar, tmp_path, "derived")
+    list(layer_tars(tmp_path / "derived-layout"))  # history adds up over base and own layers
     passwd = (bundle_c / "rootfs/etc/passwd").read_text()
     assert passwd.count(":1000:") == 1 and passwd.startswith("root:"), passwd  # the base's, not a second user
     ports = {"--http-port": free_port(), "--grpc-port": free_port(), "--metrics-port": free_port()}
@@ -325,6 +363,8 @@ def test_package_errors_are_one_clear_line(tools, tmp_path, make_repo):
         (["--model", "mlp", "--base", tmp_path / "nobase"], "OCI image layout"),
         (["--model", "mlp", "--label", "novalue"], "KEY=VALUE"),
         (["--model", "mlp", "--runtime-libs", tmp_path], "no shared library"),
+        (["--model", "mlp", "--tag", "bad/tag"], "--tag"),
+        (["--model", "mlp", "--label", "dev.ferroserve.models=lies"], "set by package itself"),
     ]
     for args, needle in cases:
         p = package("--repo", repo, "--out", out, *args, check=False)
@@ -342,3 +382,17 @@ def test_package_refuses_files_changed_since_registration(tools, tmp_path, make_
     p = package("--repo", repo, "--model", "mlp", "--out", tmp_path / "x.tar", check=False)
     assert p.returncode != 0
     assert "changed since it was registered" in p.stderr and "labels.txt" in p.stderr, p.stderr
+
+
+def test_package_refuses_symlinks_out_of_the_bundle(tools, tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    assert ferro.register(repo, ferro.ensure_examples() / "mlp" / "1", "mlp") == 1
+    labels = repo / "mlp" / "1" / "labels.txt"
+    outside = tmp_path / "outside.txt"
+    shutil.copy(labels, outside)  # same bytes: the hash check alone would pass
+    labels.unlink()
+    labels.symlink_to(outside)
+    p = package("--repo", repo, "--model", "mlp", "--out", tmp_path / "x.tar", check=False)
+    assert p.returncode != 0
+    assert "leads outside the version folder" in p.stderr, p.stderr

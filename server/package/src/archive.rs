@@ -11,6 +11,8 @@ use crate::error::PackageError;
 pub enum Blob<'a> {
     Bytes(&'a [u8]),
     File(PathBuf),
+    /// An open file (a spooled layer), read from its start.
+    Open(&'a std::fs::File, u64),
 }
 
 pub fn write(
@@ -19,7 +21,27 @@ pub fn write(
     blobs: BTreeMap<String, Blob<'_>>,
     index_json: &[u8],
 ) -> Result<u64, PackageError> {
-    let partial = PathBuf::from(format!("{}.partial", out.display()));
+    let partial = PathBuf::from(format!("{}.{}.partial", out.display(), std::process::id()));
+    let written = write_to(&partial, mtime, &blobs, index_json);
+    match written {
+        Ok(size) => {
+            std::fs::rename(&partial, out).map_err(PackageError::io(out))?;
+            Ok(size)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(e)
+        }
+    }
+}
+
+fn write_to(
+    partial: &Path,
+    mtime: u64,
+    blobs: &BTreeMap<String, Blob<'_>>,
+    index_json: &[u8],
+) -> Result<u64, PackageError> {
+    let partial = partial.to_path_buf();
     let io = |p: &Path| PackageError::io(p.to_path_buf());
     let file = std::fs::File::create(&partial).map_err(io(&partial))?;
     let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
@@ -38,13 +60,20 @@ pub fn write(
         tar.append_data(&mut h, dir, std::io::empty())
             .map_err(io(&partial))?;
     }
-    for (digest, blob) in &blobs {
+    for (digest, blob) in blobs {
         let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
         let name = format!("blobs/sha256/{hex}");
         match blob {
             Blob::Bytes(data) => {
                 let mut h = header(tar::EntryType::Regular, data.len() as u64, 0o644);
                 tar.append_data(&mut h, &name, *data)
+                    .map_err(io(&partial))?;
+            }
+            Blob::Open(file, len) => {
+                let mut f = file.try_clone().map_err(io(&partial))?;
+                std::io::Seek::rewind(&mut f).map_err(io(&partial))?;
+                let mut h = header(tar::EntryType::Regular, *len, 0o644);
+                tar.append_data(&mut h, &name, std::io::Read::take(f, *len))
                     .map_err(io(&partial))?;
             }
             Blob::File(path) => {
@@ -67,7 +96,5 @@ pub fn write(
         .map_err(|e| PackageError::io(partial.clone())(e.into_error()))?;
     file.sync_all().map_err(io(&partial))?;
     let size = file.metadata().map_err(io(&partial))?.len();
-    drop(file);
-    std::fs::rename(&partial, out).map_err(io(out))?;
     Ok(size)
 }

@@ -2,7 +2,7 @@
 //! docker://debian:bookworm-slim oci:DIR` writes): its manifest for the
 //! platform, its config, and which files its layers leave in place.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -15,19 +15,81 @@ pub struct Base {
     pub config: serde_json::Value,
     /// Paths (no leading `/`) present after the base's layers.
     pub files: BTreeSet<String>,
+    /// Symlinks among them, to their targets (merged-usr bases link
+    /// `lib64` to `usr/lib64`).
+    pub links: BTreeMap<String, String>,
     pub passwd: Option<String>,
     pub group: Option<String>,
 }
 
 impl Base {
+    /// The blob's file; the digest was checked when the manifest was read.
     pub fn blob_path(&self, digest: &str) -> PathBuf {
-        blob_path(&self.dir, digest)
+        self.dir
+            .join("blobs/sha256")
+            .join(&digest["sha256:".len()..])
+    }
+
+    /// Whether `path` exists in the base's file system, following its
+    /// symlinks (at most 40, as the kernel does).
+    pub fn has(&self, path: &str) -> bool {
+        let mut parts: Vec<String> = path
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect();
+        let mut done: Vec<String> = Vec::new();
+        let mut hops = 0;
+        while !parts.is_empty() {
+            let part = parts.remove(0);
+            match part.as_str() {
+                "." => continue,
+                ".." => {
+                    done.pop();
+                    continue;
+                }
+                _ => done.push(part),
+            }
+            let here = done.join("/");
+            if let Some(target) = self.links.get(&here) {
+                hops += 1;
+                if hops > 40 {
+                    return false;
+                }
+                done.pop();
+                if target.starts_with('/') {
+                    done.clear();
+                }
+                let mut rest: Vec<String> = target
+                    .split('/')
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                rest.append(&mut parts);
+                parts = rest;
+            } else if !self.files.contains(&here) {
+                return false;
+            }
+        }
+        true
     }
 }
 
-fn blob_path(dir: &Path, digest: &str) -> PathBuf {
-    let (alg, hex) = digest.split_once(':').unwrap_or(("sha256", digest));
-    dir.join("blobs").join(alg).join(hex)
+/// `sha256:` and 64 lowercase hex digits: anything else could name a
+/// path outside the layout.
+fn check_digest(dir: &Path, digest: &str) -> Result<PathBuf, PackageError> {
+    let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(PackageError::Base {
+            dir: dir.to_path_buf(),
+            problem: format!("digest {digest:?}: expected sha256: and 64 lowercase hex digits"),
+        });
+    }
+    Ok(dir.join("blobs/sha256").join(hex))
 }
 
 pub fn open(dir: &Path, platform: &Platform) -> Result<Base, PackageError> {
@@ -38,7 +100,7 @@ pub fn open(dir: &Path, platform: &Platform) -> Result<Base, PackageError> {
     let read_json = |digest: Option<&str>| -> Result<serde_json::Value, PackageError> {
         let path = match digest {
             None => dir.join("index.json"),
-            Some(d) => blob_path(dir, d),
+            Some(d) => check_digest(dir, d)?,
         };
         let bytes = std::fs::read(&path).map_err(|e| {
             bad(format!(
@@ -94,18 +156,25 @@ pub fn open(dir: &Path, platform: &Platform) -> Result<Base, PackageError> {
         }
     };
     let config = read_json(Some(&manifest.config.digest))?;
-    let arch = config["architecture"].as_str().unwrap_or_default();
-    if arch != platform.architecture {
-        return Err(bad(format!(
-            "is for {arch}, the binary for {}",
-            platform.architecture
-        )));
+    match config["architecture"].as_str() {
+        Some(arch) if arch == platform.architecture => {}
+        Some(arch) => {
+            return Err(bad(format!(
+                "is for {arch}, the binary for {}",
+                platform.architecture
+            )))
+        }
+        None => return Err(bad("its config has no architecture".into())),
+    }
+    for layer in &manifest.layers {
+        check_digest(dir, &layer.digest)?;
     }
     let mut base = Base {
         dir: dir.to_path_buf(),
         manifest,
         config,
         files: BTreeSet::new(),
+        links: BTreeMap::new(),
         passwd: None,
         group: None,
     };
@@ -144,15 +213,36 @@ fn scan_layer(base: &mut Base, layer: &Descriptor) -> Result<(), PackageError> {
             .to_string();
         let (parent, file) = name.rsplit_once('/').unwrap_or(("", &name));
         if let Some(gone) = file.strip_prefix(".wh.") {
-            let target = if parent.is_empty() {
-                gone.to_string()
-            } else {
-                format!("{parent}/{gone}")
+            // `.wh..wh..opq` empties the folder; `.wh.NAME` removes NAME
+            // and everything under it.
+            let target = match (gone, parent.is_empty()) {
+                (".wh..opq", _) => parent.to_string(),
+                (_, true) => gone.to_string(),
+                (_, false) => format!("{parent}/{gone}"),
             };
-            base.files.remove(&target);
+            let under = format!("{target}/");
+            base.files.retain(|f| !f.starts_with(&under));
+            base.links.retain(|f, _| !f.starts_with(&under));
+            if gone != ".wh..opq" {
+                base.files.remove(&target);
+                base.links.remove(&target);
+                if target == "etc/passwd" {
+                    base.passwd = None;
+                } else if target == "etc/group" {
+                    base.group = None;
+                }
+            }
             continue;
         }
-        if name == "etc/passwd" || name == "etc/group" {
+        base.links.remove(&name);
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() {
+            if let Ok(Some(target)) = entry.link_name() {
+                base.links
+                    .insert(name.clone(), target.to_string_lossy().into_owned());
+            }
+        }
+        if kind.is_file() && (name == "etc/passwd" || name == "etc/group") {
             let mut text = String::new();
             entry
                 .read_to_string(&mut text)
@@ -166,4 +256,68 @@ fn scan_layer(base: &mut Base, layer: &Descriptor) -> Result<(), PackageError> {
         base.files.insert(name);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn merged_usr() -> Base {
+        let files = [
+            "lib64",
+            "usr",
+            "usr/lib64",
+            "usr/lib64/ld-linux-x86-64.so.2",
+            "usr/lib",
+            "etc",
+        ];
+        Base {
+            dir: PathBuf::from("/nowhere"),
+            manifest: Manifest {
+                schema_version: 2,
+                media_type: None,
+                config: Descriptor {
+                    media_type: oci::CONFIG.into(),
+                    digest: String::new(),
+                    size: 0,
+                    platform: None,
+                    annotations: Default::default(),
+                },
+                layers: vec![],
+                annotations: Default::default(),
+            },
+            config: serde_json::Value::Null,
+            files: files.iter().map(|f| f.to_string()).collect(),
+            links: BTreeMap::from([
+                ("lib64".to_string(), "usr/lib64".to_string()),
+                ("usr/lib".to_string(), "/usr/lib64".to_string()),
+            ]),
+            passwd: None,
+            group: None,
+        }
+    }
+
+    #[test]
+    fn paths_resolve_through_the_bases_symlinks() {
+        let b = merged_usr();
+        assert!(b.has("/lib64/ld-linux-x86-64.so.2"));
+        assert!(b.has("/usr/lib/ld-linux-x86-64.so.2"));
+        assert!(b.has("/usr/lib64/../lib64/ld-linux-x86-64.so.2"));
+        assert!(!b.has("/lib64/libc.so.6"));
+        assert!(!b.has("/lib/ld-linux-x86-64.so.2"));
+    }
+
+    #[test]
+    fn digests_that_could_escape_are_refused() {
+        let d = Path::new("/l");
+        assert!(check_digest(d, &format!("sha256:{}", "a".repeat(64))).is_ok());
+        for bad in [
+            "sha256:../../etc/passwd",
+            "sha512:abcd",
+            "",
+            &format!("sha256:{}", "A".repeat(64)),
+        ] {
+            assert!(check_digest(d, bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -31,6 +31,9 @@ pub struct Bundle {
     pub name: String,
     pub version: u64,
     pub dir: PathBuf,
+    /// The version's files, relative to `dir`, as the registry recorded
+    /// them: nothing else in the folder is packaged.
+    pub files: Vec<String>,
     /// Files of the model folder itself (a Triton model's `config.pbtxt`
     /// and label files), put in `/models/NAME/`.
     pub model_files: Vec<PathBuf>,
@@ -86,10 +89,7 @@ pub fn write(spec: &Spec, out: &Path) -> Result<Packaged, PackageError> {
             spec.binary.display()
         ))
     })?;
-    let base_has = |p: &str| {
-        base.as_ref()
-            .is_some_and(|b| b.files.contains(p.trim_start_matches('/')))
-    };
+    let base_has = |p: &str| base.as_ref().is_some_and(|b| b.has(p));
 
     let mut builds: Vec<(String, LayerBuilder)> = Vec::new();
     builds.push(("system files".into(), system_layer(base.as_ref())));
@@ -152,18 +152,35 @@ pub fn write(spec: &Spec, out: &Path) -> Result<Packaged, PackageError> {
         builds.push((format!("model {}:{}", b.name, b.version), bundle_layer(b)?));
     }
 
-    // Compression is most of the time: one thread per layer.
+    // Compression is most of the time: one thread per core, each taking
+    // the next layer; layers are spooled beside the output.
     let mtime = spec.created;
-    let finished: Vec<Result<Layer, PackageError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = builds
-            .into_iter()
-            .map(|(_, b)| s.spawn(move || b.finish(mtime)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a layer thread panicked"))
-            .collect()
+    let spool = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let count = builds.len();
+    let queue = std::sync::Mutex::new(builds.into_iter().enumerate().collect::<Vec<_>>());
+    let results = std::sync::Mutex::new((0..count).map(|_| None).collect::<Vec<_>>());
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(count);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let next = queue.lock().expect("queue lock").pop();
+                let Some((i, (_, b))) = next else { break };
+                let done = b.finish(mtime, &spool);
+                results.lock().expect("results lock")[i] = Some(done);
+            });
+        }
     });
+    let finished: Vec<Result<Layer, PackageError>> = results
+        .into_inner()
+        .expect("results lock")
+        .into_iter()
+        .map(|r| r.expect("every layer was built"))
+        .collect();
     let names: Vec<String> = std::iter::once("system files".to_string())
         .chain(["runtime libraries".into(), "ferroserve binary".into()])
         .chain(
@@ -211,18 +228,18 @@ pub fn write(spec: &Spec, out: &Path) -> Result<Packaged, PackageError> {
         descriptors.push(Descriptor {
             media_type: oci::LAYER_GZIP.into(),
             digest: layer.digest.clone(),
-            size: layer.blob.len() as u64,
+            size: layer.size,
             platform: None,
             annotations: BTreeMap::new(),
         });
         summaries.push(LayerSummary {
             what: what.clone(),
             digest: layer.digest.clone(),
-            size: layer.blob.len() as u64,
+            size: layer.size,
             files: layer.files,
             from_base: false,
         });
-        blobs.insert(layer.digest.clone(), Blob::Bytes(&layer.blob));
+        blobs.insert(layer.digest.clone(), Blob::Open(&layer.blob, layer.size));
     }
     let manifest = oci::Manifest {
         schema_version: 2,
@@ -339,35 +356,41 @@ fn system_layer(base: Option<&Base>) -> LayerBuilder {
 
 fn bundle_layer(b: &Bundle) -> Result<LayerBuilder, PackageError> {
     let mut l = LayerBuilder::default();
+    // Every layer that lists /models must say the same of it: the upper
+    // layer's metadata wins, and the server's user writes the registry there.
+    l.dir(MODELS, 0o755, 1000, 1000);
     let root = format!("{MODELS}/{}/{}", b.name, b.version);
-    for entry in walkdir::WalkDir::new(&b.dir)
-        .follow_links(true)
-        .sort_by_file_name()
-    {
-        let entry = entry
-            .map_err(|e| PackageError::Invalid(format!("reading {}: {e}", b.dir.display())))?;
-        let rel = entry
-            .path()
-            .strip_prefix(&b.dir)
-            .expect("walkdir stays under its root");
-        if rel.as_os_str().is_empty() {
-            continue;
+    let dir = std::fs::canonicalize(&b.dir).map_err(PackageError::io(&b.dir))?;
+    for rel in &b.files {
+        let path = Path::new(rel);
+        let plain = path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain {
+            return Err(PackageError::Invalid(format!(
+                "{}:{}: file {rel:?} is not a plain path inside the version folder",
+                b.name, b.version
+            )));
         }
-        let rel = rel.to_str().ok_or_else(|| {
-            PackageError::Invalid(format!(
-                "{}: a file name that is not UTF-8",
-                entry.path().display()
-            ))
-        })?;
-        let path = format!("{root}/{rel}");
-        if entry.file_type().is_dir() {
-            l.dir(&path, 0o755, 0, 0);
-        } else {
-            l.file(&path, entry.path().to_path_buf(), mode_of(entry.path()));
+        let from = b.dir.join(path);
+        // A symlink may point anywhere on this machine; only what stays in
+        // the version folder goes into an image.
+        let real = std::fs::canonicalize(&from).map_err(PackageError::io(&from))?;
+        if !real.starts_with(&dir) {
+            return Err(PackageError::Invalid(format!(
+                "{}:{}: {} leads outside the version folder (to {}); only the bundle's own files are packaged",
+                b.name,
+                b.version,
+                from.display(),
+                real.display()
+            )));
         }
+        l.file(&format!("{root}/{rel}"), real, mode_of(&from));
     }
     for f in &b.model_files {
-        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = f.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+            PackageError::Invalid(format!("{}: a file name that is not UTF-8", f.display()))
+        })?;
         l.file(
             &format!("{MODELS}/{}/{name}", b.name),
             f.clone(),
@@ -506,7 +529,19 @@ fn config_json(
         .unwrap_or_default();
     diff_ids.extend(layers.iter().map(|l| json!(l.diff_id)));
     doc["rootfs"] = json!({"type": "layers", "diff_ids": diff_ids});
+    // One history entry per layer that is not marked empty: a base whose
+    // history does not add up gets one plain entry per layer instead.
     let mut history: Vec<Value> = doc["history"].as_array().cloned().unwrap_or_default();
+    let base_layers = base.map_or(0, |b| b.manifest.layers.len());
+    let non_empty = history
+        .iter()
+        .filter(|h| h["empty_layer"].as_bool() != Some(true))
+        .count();
+    if non_empty != base_layers {
+        history = (0..base_layers)
+            .map(|i| json!({"created_by": format!("base image layer {}", i + 1)}))
+            .collect();
+    }
     history.extend(
         names
             .iter()

@@ -31,9 +31,11 @@ pub struct LayerBuilder {
     entries: BTreeMap<String, Entry>,
 }
 
-/// A finished layer, compressed, with its two digests.
+/// A finished layer, compressed into an unnamed temporary file (a model
+/// may be larger than memory), with its two digests.
 pub struct Layer {
-    pub blob: Vec<u8>,
+    pub blob: std::fs::File,
+    pub size: u64,
     /// `sha256:` of the gzip'd bytes (the manifest's descriptor).
     pub digest: String,
     /// `sha256:` of the tar (the config's `rootfs.diff_ids`).
@@ -90,10 +92,12 @@ impl LayerBuilder {
     }
 
     /// Writes the tar, gzip'd, with every timestamp at `mtime` (seconds).
-    pub fn finish(self, mtime: u64) -> Result<Layer, PackageError> {
-        let gz = flate2::GzBuilder::new()
-            .mtime(0)
-            .write(Hashing::new(Vec::new()), flate2::Compression::default());
+    pub fn finish(self, mtime: u64, spool: &std::path::Path) -> Result<Layer, PackageError> {
+        let file = tempfile::tempfile_in(spool).map_err(PackageError::io(spool))?;
+        let gz = flate2::GzBuilder::new().mtime(0).write(
+            Hashing::new(std::io::BufWriter::new(file)),
+            flate2::Compression::default(),
+        );
         let mut tar = tar::Builder::new(Hashing::new(gz));
         let files = self.entries.len();
         for (path, e) in &self.entries {
@@ -120,8 +124,17 @@ impl LayerBuilder {
                     let len = f.metadata().map_err(PackageError::io(from))?.len();
                     h.set_entry_type(tar::EntryType::Regular);
                     h.set_size(len);
-                    tar.append_data(&mut h, path, f)
+                    // A file that grows meanwhile must not spill past its
+                    // header's size; one that shrinks is an error.
+                    let mut body = std::io::Read::take(f, len);
+                    tar.append_data(&mut h, path, &mut body)
                         .map_err(PackageError::io(from))?;
+                    if body.limit() != 0 {
+                        return Err(PackageError::Invalid(format!(
+                            "{} shrank while it was being packaged",
+                            from.display()
+                        )));
+                    }
                 }
                 Source::Symlink(target) => {
                     h.set_entry_type(tar::EntryType::Symlink);
@@ -133,9 +146,14 @@ impl LayerBuilder {
         let inner = tar.into_inner().map_err(PackageError::io("layer"))?;
         let (gz, diff_id) = inner.finish();
         let outer = gz.finish().map_err(PackageError::io("layer"))?;
-        let (blob, digest) = outer.finish();
+        let (buffered, digest) = outer.finish();
+        let blob = buffered
+            .into_inner()
+            .map_err(|e| PackageError::io(spool)(e.into_error()))?;
+        let size = blob.metadata().map_err(PackageError::io(spool))?.len();
         Ok(Layer {
             blob,
+            size,
             digest,
             diff_id,
             files,
@@ -189,7 +207,17 @@ mod tests {
             b.bytes(p, p.as_bytes().to_vec(), 0o644);
         }
         b.dir("/tmp", 0o1777, 0, 0);
-        b.finish(0).unwrap()
+        b.finish(0, &std::env::temp_dir()).unwrap()
+    }
+
+    fn bytes_of(layer: &Layer) -> Vec<u8> {
+        use std::io::{Read, Seek};
+        let mut f = layer.blob.try_clone().unwrap();
+        f.rewind().unwrap();
+        let mut v = Vec::new();
+        f.read_to_end(&mut v).unwrap();
+        assert_eq!(v.len() as u64, layer.size);
+        v
     }
 
     #[test]
@@ -199,16 +227,32 @@ mod tests {
         assert_eq!(a.digest, b.digest);
         assert_eq!(a.diff_id, b.diff_id);
         assert_ne!(a.digest, a.diff_id);
-        assert_eq!(a.digest, sha256(&a.blob));
+        assert_eq!(a.digest, sha256(&bytes_of(&a)));
         let c = sample(&["/etc/passwd", "/models/m/1/a", "/models/m/1/c"]);
         assert_ne!(a.digest, c.digest);
     }
+
+    /// The digest of fixed contents, pinned: a change of tar or gzip
+    /// output (a crate upgrade, another deflate backend) changes every
+    /// image's digest, and should be a decision, not an accident.
+    #[test]
+    fn a_fixed_layer_has_a_fixed_digest() {
+        let layer = sample(&["/etc/passwd", "/models/m/1/a"]);
+        assert_eq!(layer.diff_id, PINNED_DIFF_ID);
+        assert_eq!(layer.digest, PINNED_DIGEST);
+    }
+
+    const PINNED_DIFF_ID: &str =
+        "sha256:b860dbc337789f449183da64c666a3a168792bf151472ea4a38c0496cb817298";
+    const PINNED_DIGEST: &str =
+        "sha256:7eba34178b3c5bc64fe5d39275a6e1d1a658f703873b03bfb1efdb28dad730e1";
 
     #[test]
     fn parents_are_listed_before_children_with_set_metadata() {
         let layer = sample(&["/models/m/1/a"]);
         let tar_bytes = {
-            let mut d = flate2::read::GzDecoder::new(&layer.blob[..]);
+            let gz = bytes_of(&layer);
+            let mut d = flate2::read::GzDecoder::new(&gz[..]);
             let mut v = Vec::new();
             std::io::Read::read_to_end(&mut d, &mut v).unwrap();
             v

@@ -111,6 +111,16 @@ pub struct ConnOptions {
 }
 
 impl ConnOptions {
+    /// The same options with a connection budget of their own: the metrics
+    /// port must stay reachable to scrapers when inference traffic has
+    /// used up the shared one.
+    pub fn with_own_connection_limit(&self, max_connections: usize) -> ConnOptions {
+        ConnOptions {
+            connections: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
+            ..self.clone()
+        }
+    }
+
     pub fn new(
         limits: ConnLimits,
         tls: Option<TlsAcceptor>,
