@@ -20,6 +20,8 @@ pub struct Base {
     pub links: BTreeMap<String, String>,
     pub passwd: Option<String>,
     pub group: Option<String>,
+    /// The newest `GLIBC_x.y` the base's C library defines, if it has one.
+    pub glibc: Option<(u32, u32)>,
 }
 
 impl Base {
@@ -177,6 +179,7 @@ pub fn open(dir: &Path, platform: &Platform) -> Result<Base, PackageError> {
         links: BTreeMap::new(),
         passwd: None,
         group: None,
+        glibc: None,
     };
     for layer in base.manifest.layers.clone() {
         scan_layer(&mut base, &layer)?;
@@ -242,6 +245,16 @@ fn scan_layer(base: &mut Base, layer: &Descriptor) -> Result<(), PackageError> {
                     .insert(name.clone(), target.to_string_lossy().into_owned());
             }
         }
+        let file_name = name.rsplit('/').next().unwrap_or_default();
+        let is_libc = file_name == "libc.so.6"
+            || (file_name.starts_with("libc-") && file_name.ends_with(".so"));
+        if kind.is_file() && is_libc {
+            let mut bytes = Vec::new();
+            entry
+                .read_to_end(&mut bytes)
+                .map_err(PackageError::io(&path))?;
+            base.glibc = base.glibc.max(crate::elf::glibc_defined(&bytes));
+        }
         if kind.is_file() && (name == "etc/passwd" || name == "etc/group") {
             let mut text = String::new();
             entry
@@ -258,44 +271,47 @@ fn scan_layer(base: &mut Base, layer: &Descriptor) -> Result<(), PackageError> {
     Ok(())
 }
 
+/// A merged-usr base (`lib64 -> usr/lib64`) with no layers, for tests.
+#[cfg(test)]
+pub(crate) fn merged_usr() -> Base {
+    let files = [
+        "lib64",
+        "usr",
+        "usr/lib64",
+        "usr/lib64/ld-linux-x86-64.so.2",
+        "usr/lib",
+        "etc",
+    ];
+    Base {
+        dir: PathBuf::from("/nowhere"),
+        manifest: Manifest {
+            schema_version: 2,
+            media_type: None,
+            config: Descriptor {
+                media_type: oci::CONFIG.into(),
+                digest: String::new(),
+                size: 0,
+                platform: None,
+                annotations: Default::default(),
+            },
+            layers: vec![],
+            annotations: Default::default(),
+        },
+        config: serde_json::Value::Null,
+        files: files.iter().map(|f| f.to_string()).collect(),
+        links: BTreeMap::from([
+            ("lib64".to_string(), "usr/lib64".to_string()),
+            ("usr/lib".to_string(), "/usr/lib64".to_string()),
+        ]),
+        passwd: None,
+        group: None,
+        glibc: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn merged_usr() -> Base {
-        let files = [
-            "lib64",
-            "usr",
-            "usr/lib64",
-            "usr/lib64/ld-linux-x86-64.so.2",
-            "usr/lib",
-            "etc",
-        ];
-        Base {
-            dir: PathBuf::from("/nowhere"),
-            manifest: Manifest {
-                schema_version: 2,
-                media_type: None,
-                config: Descriptor {
-                    media_type: oci::CONFIG.into(),
-                    digest: String::new(),
-                    size: 0,
-                    platform: None,
-                    annotations: Default::default(),
-                },
-                layers: vec![],
-                annotations: Default::default(),
-            },
-            config: serde_json::Value::Null,
-            files: files.iter().map(|f| f.to_string()).collect(),
-            links: BTreeMap::from([
-                ("lib64".to_string(), "usr/lib64".to_string()),
-                ("usr/lib".to_string(), "/usr/lib64".to_string()),
-            ]),
-            passwd: None,
-            group: None,
-        }
-    }
 
     #[test]
     fn paths_resolve_through_the_bases_symlinks() {

@@ -12,6 +12,8 @@ use crate::error::PackageError;
 
 pub struct ElfInfo {
     pub interpreter: Option<String>,
+    /// The newest `GLIBC_x.y` symbol version the object needs.
+    pub glibc_needed: Option<(u32, u32)>,
     pub soname: Option<String>,
     /// The OCI architecture name (`amd64`, `arm64`).
     pub architecture: &'static str,
@@ -55,11 +57,55 @@ pub fn read(path: &Path) -> Result<ElfInfo, PackageError> {
             soname = Some(String::from_utf8_lossy(name).into_owned());
         }
     }
+    let sections = file.elf_section_table();
+    let mut glibc_needed = None;
+    if let Some((mut needs, link)) = sections
+        .gnu_verneed(endian, &*data)
+        .map_err(|e| bad(e.to_string()))?
+    {
+        let strings = sections
+            .strings(endian, &*data, link)
+            .map_err(|e| bad(e.to_string()))?;
+        while let Some((_, mut aux)) = needs.next().map_err(|e| bad(e.to_string()))? {
+            while let Some(a) = aux.next().map_err(|e| bad(e.to_string()))? {
+                let name = a.name(endian, strings).map_err(|e| bad(e.to_string()))?;
+                glibc_needed = glibc_needed.max(glibc_version(name));
+            }
+        }
+    }
     Ok(ElfInfo {
         interpreter,
+        glibc_needed,
         soname,
         architecture,
     })
+}
+
+/// The newest `GLIBC_x.y` a C library defines (its version definitions).
+pub fn glibc_defined(data: &[u8]) -> Option<(u32, u32)> {
+    let file = ElfFile64::<Endianness>::parse(data).ok()?;
+    let endian = file.endian();
+    let sections = file.elf_section_table();
+    let (mut defs, link) = sections.gnu_verdef(endian, data).ok()??;
+    let strings = sections.strings(endian, data, link).ok()?;
+    let mut newest = None;
+    while let Ok(Some((_, mut aux))) = defs.next() {
+        while let Ok(Some(a)) = aux.next() {
+            if let Ok(name) = a.name(endian, strings) {
+                newest = newest.max(glibc_version(name));
+            }
+        }
+    }
+    newest
+}
+
+/// `GLIBC_2.34` as (2, 34); other version names as None.
+fn glibc_version(name: &[u8]) -> Option<(u32, u32)> {
+    let rest = std::str::from_utf8(name).ok()?.strip_prefix("GLIBC_")?;
+    let mut parts = rest.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next().map_or(Some(0), |m| m.parse().ok())?;
+    Some((major, minor))
 }
 
 #[cfg(test)]
@@ -77,6 +123,25 @@ mod tests {
             .find(|l| l.soname == "libc.so.6")
             .expect("libc among the loaded libraries");
         assert!(libc.path.is_file());
+    }
+
+    #[test]
+    fn glibc_versions_needed_and_defined() {
+        assert_eq!(glibc_version(b"GLIBC_2.34"), Some((2, 34)));
+        assert_eq!(glibc_version(b"GLIBC_2.2.5"), Some((2, 2)));
+        assert_eq!(glibc_version(b"GLIBC_PRIVATE"), None);
+        assert!((2, 9) < (2, 34), "compared as numbers, not text");
+        let me = read(&std::env::current_exe().unwrap()).unwrap();
+        let needed = me
+            .glibc_needed
+            .expect("a test binary needs some GLIBC_ version");
+        let libc = crate::libs::loaded()
+            .unwrap()
+            .into_iter()
+            .find(|l| l.soname == "libc.so.6")
+            .unwrap();
+        let defined = glibc_defined(&std::fs::read(&libc.path).unwrap()).unwrap();
+        assert!(needed <= defined, "{needed:?} > {defined:?}");
     }
 
     #[test]

@@ -136,6 +136,9 @@ pub fn write(spec: &Spec, out: &Path) -> Result<Packaged, PackageError> {
             }
         )));
     }
+    if let Some(base) = base.as_ref().filter(|_| leave_glibc) {
+        check_glibc(&spec.binary, &bin, &spec.libraries, base)?;
+    }
     let ort_soname = ort_soname.ok_or_else(|| {
         PackageError::Invalid(format!(
             "ONNX Runtime ({}) is not among the runtime libraries",
@@ -283,6 +286,43 @@ pub fn write(spec: &Spec, out: &Path) -> Result<Packaged, PackageError> {
         from_base_libraries,
         platform: format!("{}/{}", platform.os, platform.architecture),
     })
+}
+
+/// On a base's C library, the binary and the libraries shipped beside it
+/// must need no newer glibc than the base defines: the loader would refuse
+/// them at start, far from this command.
+fn check_glibc(
+    binary: &Path,
+    bin: &elf::ElfInfo,
+    libraries: &[Library],
+    base: &Base,
+) -> Result<(), PackageError> {
+    let Some(has) = base.glibc else {
+        return Err(PackageError::Base {
+            dir: base.dir.clone(),
+            problem: "has a dynamic loader but no libc.so.6 could be read from its layers".into(),
+        });
+    };
+    let mut needs = vec![(binary.display().to_string(), bin.glibc_needed)];
+    for lib in libraries.iter().filter(|l| !is_glibc(&l.soname)) {
+        needs.push((lib.soname.clone(), elf::read(&lib.path)?.glibc_needed));
+    }
+    if let Some((who, (major, minor))) = needs
+        .into_iter()
+        .filter_map(|(who, v)| v.map(|v| (who, v)))
+        .max_by_key(|(_, v)| *v)
+        .filter(|(_, v)| *v > has)
+    {
+        return Err(PackageError::Base {
+            dir: base.dir.clone(),
+            problem: format!(
+                "its C library defines up to GLIBC_{}.{}, but {who} needs GLIBC_{major}.{minor}: \
+                 use a newer base, or build ferroserve on an older system",
+                has.0, has.1
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn platform(asked: Option<&str>, binary_arch: &str) -> Result<Platform, PackageError> {
@@ -579,6 +619,31 @@ mod tests {
         assert!(e.contains("linux images"), "{e}");
         let e = platform(Some("amd64"), "amd64").err().unwrap().to_string();
         assert!(e.contains("OS/ARCH"), "{e}");
+    }
+
+    #[test]
+    fn a_base_with_an_older_glibc_is_refused() {
+        let me = std::env::current_exe().unwrap();
+        let info = elf::read(&me).unwrap();
+        let needed = info.glibc_needed.unwrap();
+        let mut base = crate::base::merged_usr();
+        base.glibc = Some((2, 17));
+        let e = check_glibc(&me, &info, &[], &base)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("GLIBC_2.17") && e.contains(&format!("GLIBC_{}.{}", needed.0, needed.1)),
+            "{e}"
+        );
+        base.glibc = Some(needed);
+        assert!(check_glibc(&me, &info, &[], &base).is_ok());
+        base.glibc = None;
+        let e = check_glibc(&me, &info, &[], &base)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("no libc.so.6"), "{e}");
     }
 
     #[test]
