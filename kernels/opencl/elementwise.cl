@@ -56,6 +56,10 @@ __kernel void binary_broadcast(__global const float* a, __global const float* b,
 #define UN_LEAKY_RELU 1
 #define UN_SIGMOID 2
 #define UN_TANH 3
+#define UN_EXP 4
+#define UN_LOG 5
+#define UN_SQRT 6
+#define UN_ERF 7
 
 __kernel void unary(__global const float* x, __global float* y, const int op,
                     const float alpha, const int n)
@@ -72,7 +76,11 @@ __kernel void unary(__global const float* x, __global float* y, const int op,
         // Written so that neither branch overflows exp().
         r = v >= 0.0f ? 1.0f / (1.0f + exp(-v)) : exp(v) / (1.0f + exp(v));
         break;
-    default: r = tanh(v); break;
+    case UN_TANH: r = tanh(v); break;
+    case UN_EXP: r = exp(v); break;
+    case UN_LOG: r = log(v); break;
+    case UN_SQRT: r = sqrt(v); break;
+    default: r = erf(v); break;
     }
     y[i] = r;
 }

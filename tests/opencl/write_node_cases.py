@@ -45,7 +45,7 @@ OPS = [
     "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Sigmoid",
     "Tanh", "Softmax", "Conv", "MaxPool", "AveragePool", "GlobalAveragePool",
     "BatchNormalization", "Flatten", "Reshape", "Transpose", "Concat", "Identity",
-    "Constant",
+    "Constant", "Exp", "Log", "Sqrt", "Erf",
 ]  # fmt: skip
 
 # numpy dtype -> Open Inference Protocol (KServe v2) datatype name.

@@ -409,7 +409,7 @@ def test_program_binary_is_loaded_and_serves_equal_answers(device, tmp_path, ser
 
 
 def _exp_model(dst: Path):
-    """mlp's graph with an Exp node ("exp_odd") after the Softmax."""
+    """mlp's graph with a Sign node ("sign_odd"), which the backend does not support, after the Softmax."""
     import onnx
     from onnx import helper
 
@@ -417,7 +417,7 @@ def _exp_model(dst: Path):
     last = model.graph.node[-1]
     assert last.op_type == "Softmax" and last.output[0] == "probabilities"
     last.output[0] = "softmax_out"
-    model.graph.node.append(helper.make_node("Exp", ["softmax_out"], ["probabilities"], name="exp_odd"))
+    model.graph.node.append(helper.make_node("Sign", ["softmax_out"], ["probabilities"], name="sign_odd"))
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
 
@@ -436,7 +436,7 @@ def _bad_bundle(case: str, tmp: Path, device: dict) -> tuple[str, Path, list[str
     if case == "unsupported_operator":
         shutil.copytree(MLP_CL, bundle)
         _exp_model(bundle / "model.onnx")
-        want = [f"{bundle / 'model.onnx'}: ", 'unsupported operator "Exp" (node "exp_odd"); '
+        want = [f"{bundle / 'model.onnx'}: ", 'unsupported operator "Sign" (node "sign_odd"); '
                 "the OpenCL backend supports Add, AveragePool, "]
     elif case in ("random_binary", "truncated_binary"):
         shutil.copytree(MLP_CL, bundle)

@@ -362,13 +362,13 @@ mod tests {
         let bytes = model(
             vec![
                 node("Relu", "r", &["x"], &["a"]),
-                node("Exp", "exp1", &["a"], &["y"]),
+                node("Sign", "sign1", &["a"], &["y"]),
             ],
             data_type::INT32,
         );
         let e = Graph::decode(&bytes).unwrap_err().to_string();
         assert!(
-            e.starts_with("unsupported operator \"Exp\" (node \"exp1\"); the OpenCL backend supports Add, AveragePool"),
+            e.starts_with("unsupported operator \"Sign\" (node \"sign1\"); the OpenCL backend supports Add, AveragePool"),
             "{e}"
         );
         let custom = NodeProto {

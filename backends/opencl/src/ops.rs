@@ -19,6 +19,10 @@ pub enum Unary {
     LeakyRelu = 1,
     Sigmoid = 2,
     Tanh = 3,
+    Exp = 4,
+    Log = 5,
+    Sqrt = 6,
+    Erf = 7,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +134,10 @@ impl Op {
             Op::Unary(Unary::LeakyRelu, _) => "LeakyRelu",
             Op::Unary(Unary::Sigmoid, _) => "Sigmoid",
             Op::Unary(Unary::Tanh, _) => "Tanh",
+            Op::Unary(Unary::Exp, _) => "Exp",
+            Op::Unary(Unary::Log, _) => "Log",
+            Op::Unary(Unary::Sqrt, _) => "Sqrt",
+            Op::Unary(Unary::Erf, _) => "Erf",
             Op::Softmax { .. } => "Softmax",
             Op::Conv { .. } => "Conv",
             Op::MaxPool(_) => "MaxPool",
@@ -163,6 +171,10 @@ pub fn parse(op_type: &str, a: &Attrs, opset: i64) -> Result<Op, String> {
         "LeakyRelu" => Op::Unary(Unary::LeakyRelu, a.float("alpha", 0.01)?),
         "Sigmoid" => Op::Unary(Unary::Sigmoid, 0.0),
         "Tanh" => Op::Unary(Unary::Tanh, 0.0),
+        "Exp" => Op::Unary(Unary::Exp, 0.0),
+        "Log" => Op::Unary(Unary::Log, 0.0),
+        "Sqrt" => Op::Unary(Unary::Sqrt, 0.0),
+        "Erf" => Op::Unary(Unary::Erf, 0.0),
         "Softmax" => {
             let coerce_2d = opset < 13;
             Op::Softmax {
