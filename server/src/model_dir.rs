@@ -42,18 +42,19 @@ enum Layout {
 /// where `dir` is served as it is.
 pub fn resolve(dir: &Path, model_name: Option<&str>) -> Result<Option<Staged>> {
     let layout = layout_of(dir)?;
-    // Every name becomes a folder of the staged repository: checked,
-    // whether it came from the flag, a manifest or a file name.
+    // Every name becomes a folder of the staged repository: --model-name
+    // is checked just below, a name read from a manifest or file here.
     let name = |fallback: &dyn Fn() -> Result<String>| -> Result<String> {
-        let (n, from) = match model_name {
-            Some(n) => (n.to_string(), "--model-name".to_string()),
-            None => (
-                fallback()?,
-                format!("the model name taken from {}", dir.display()),
-            ),
-        };
-        ferroserve_registry::names::check_model_name(&n)
-            .map_err(|e| anyhow::anyhow!("{from} {n:?}: {e} (give --model-name)"))?;
+        if let Some(n) = model_name {
+            return Ok(n.to_string());
+        }
+        let n = fallback()?;
+        ferroserve_registry::names::check_model_name(&n).map_err(|e| {
+            anyhow::anyhow!(
+                "the model name taken from {} {n:?}: {e} (give --model-name)",
+                dir.display()
+            )
+        })?;
         Ok(n)
     };
     if let Some(n) = model_name {

@@ -162,6 +162,7 @@ pub fn write(spec: &Spec, out: &Path) -> Result<Packaged, PackageError> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let names: Vec<String> = builds.iter().map(|(name, _)| name.clone()).collect();
     let count = builds.len();
     let queue = std::sync::Mutex::new(builds.into_iter().enumerate().collect::<Vec<_>>());
     let results = std::sync::Mutex::new((0..count).map(|_| None).collect::<Vec<_>>());
@@ -183,14 +184,6 @@ pub fn write(spec: &Spec, out: &Path) -> Result<Packaged, PackageError> {
         .expect("results lock")
         .into_iter()
         .map(|r| r.expect("every layer was built"))
-        .collect();
-    let names: Vec<String> = std::iter::once("system files".to_string())
-        .chain(["runtime libraries".into(), "ferroserve binary".into()])
-        .chain(
-            spec.bundles
-                .iter()
-                .map(|b| format!("model {}:{}", b.name, b.version)),
-        )
         .collect();
     let layers: Vec<Layer> = finished.into_iter().collect::<Result<_, _>>()?;
 
@@ -305,7 +298,7 @@ fn check_glibc(
     };
     let mut needs = vec![(binary.display().to_string(), bin.glibc_needed)];
     for lib in libraries.iter().filter(|l| !is_glibc(&l.soname)) {
-        needs.push((lib.soname.clone(), elf::read(&lib.path)?.glibc_needed));
+        needs.push((lib.soname.clone(), lib.glibc_needed));
     }
     if let Some((who, (major, minor))) = needs
         .into_iter()

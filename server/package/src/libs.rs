@@ -14,6 +14,8 @@ use crate::error::PackageError;
 pub struct Library {
     pub path: PathBuf,
     pub soname: String,
+    /// The newest `GLIBC_x.y` it needs (checked against a base's libc).
+    pub glibc_needed: Option<(u32, u32)>,
 }
 
 /// Every shared object mapped into this process, but the executable.
@@ -84,6 +86,7 @@ fn library(path: &Path) -> Result<Library, PackageError> {
     Ok(Library {
         path: path.to_path_buf(),
         soname,
+        glibc_needed: info.glibc_needed,
     })
 }
 
